@@ -1,0 +1,21 @@
+"""Regression timings at fixed small sizes, through the same closures ``seedfast bench`` times.
+
+On CPU these time the torch reference paths (what ``backend="auto"`` runs there); on a GPU,
+the Triton kernels. Compare runs with ``pytest bench --benchmark-enable --benchmark-compare``.
+"""
+import pytest
+import torch
+
+from seedfast.benchmarks import vq as vq_suite
+from seedfast.benchmarks.harness import Case
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("mode", ["codes", "fwd", "fwd+bwd"])
+def test_vq(benchmark, mode):
+    case = Case("vq", mode, {"N": 2048, "K": 8192, "D": 32, "dtype": "fp32"})
+    run = vq_suite._build_seedfast(case, DEVICE)
+    result = benchmark(run)
+    if mode == "codes":
+        assert result.shape == (64, 32) and result.dtype == torch.int64

@@ -1,0 +1,98 @@
+"""The ``seedfast`` command."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2, no traceback."""
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    from seedfast.env import collect, format_env
+
+    print(format_env(collect()))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from seedfast.benchmarks import SUITES, load_suite
+    from seedfast.benchmarks.harness import format_table, load_result, plot_speedups, run_suites, write_result
+
+    if args.report:
+        result = load_result(args.report)
+    else:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise CliError("--device cuda: no CUDA GPU is visible to torch")
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        names = args.op or list(SUITES)
+        try:
+            suites = [load_suite(n) for n in names]
+        except ValueError as err:
+            raise CliError(str(err)) from err
+        total = sum(len(s.cases(quick=args.quick, device=device)) * len(s.impls) for s in suites)
+        with tqdm(total=total, desc="bench", unit="run", file=sys.stderr) as bar:
+            def progress(label: str) -> None:
+                bar.set_postfix_str(label[-60:])
+                bar.update(1)
+            result = run_suites(suites, quick=args.quick, device=device, progress=progress)
+        if not args.no_save:
+            path = write_result(result, args.out)
+            print(f"wrote {path}", file=sys.stderr)
+    print(format_table(result, markdown=args.markdown))
+    if args.plot:
+        try:
+            print(f"wrote {plot_speedups(result, args.plot)}", file=sys.stderr)
+        except RuntimeError as err:
+            raise CliError(str(err)) from err
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seedfast",
+        description="SEED visual tokenizer and SEED-LLaMA, with fused kernels.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("env", help="print torch/triton/CUDA versions and the GPU (or say there is none)")
+    p.set_defaults(func=_cmd_env)
+
+    p = sub.add_parser("bench", help="benchmark seedfast's ops against their peers")
+    p.add_argument("--quick", action="store_true", help="small sizes, short timing budget")
+    p.add_argument("--op", action="append", help="op to run (repeatable); default: all")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--out", default="bench/results", help="folder for the results JSON (default: bench/results)")
+    p.add_argument("--no-save", action="store_true", help="do not write a results JSON")
+    p.add_argument("--plot", metavar="PNG", help="draw speed-up vs size per peer")
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    p.add_argument("--report", metavar="JSON", help="print (and plot) a saved results JSON instead of running")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``seedfast`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    try:
+        return func(args)
+    except CliError as err:
+        print(f"seedfast {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"seedfast {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
