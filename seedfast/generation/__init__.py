@@ -1,0 +1,1 @@
+"""Static KV cache, CUDA-graph decode runner and batched multimodal generation."""

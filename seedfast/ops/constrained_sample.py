@@ -1,0 +1,366 @@
+"""Sampling with SEED-LLaMA's image grammar built in: ``<img>`` + exactly N codes + ``</img>``.
+
+Each row carries ``image_pos``: ``-1`` in text, ``k`` after ``<img>`` and ``k`` codes. The
+rules, applied before temperature / top-k / top-p:
+
+* text (``pos < 0``): any text token (ids below ``text_vocab_size``, eos included) or ``<img>``
+  (then ``pos → 0``); never a code or ``</img>``;
+* image (``0 <= pos < N``): only codes (``pos → pos + 1``);
+* end of image (``pos >= N``): ``</img>`` is forced whatever the logits (``pos → -1``).
+
+Filters, per row, after the grammar mask and the temperature:
+
+* ``temperature <= 0``: greedy, the allowed argmax (ties → lowest id).
+* top-k (``top_k > 0``): keep token ``i`` iff fewer than ``top_k`` allowed tokens have a
+  strictly larger logit. Ties at the boundary are all kept, so more than ``k`` may survive.
+* top-p (``top_p < 1``, on the top-k-renormalised distribution): keep token ``i`` iff the
+  probability mass of tokens strictly more probable than ``i`` is below ``top_p``: the
+  smallest most-probable set reaching ``top_p``, with ties at the boundary all kept. The most
+  probable token(s) are always kept, so ``top_p <= 0`` acts as greedy over ties.
+
+Randomness: one uniform ``u`` per row from a counter-based hash of ``(seed[b], offset[b], b)``
+(:func:`row_uniform`), inverse-CDF sampling over the kept tokens in id order. Seeds and offsets
+are tensors, so a captured CUDA graph replays with new randomness when the offset tensor is
+advanced in place; the same seed and offset give the same token on every backend.
+
+Errors: an allowed logit that is NaN or +inf, or a row with no allowed finite logit, makes the
+row emit ``eos`` with ``pos → -1`` and sets its flag (``FLAG_NON_FINITE``, ``FLAG_NOTHING_ALLOWED``).
+Forced ``</img>`` rows never error. ``check=True`` (the default outside CUDA-graph capture and
+``torch.compile`` tracing) raises a ``ValueError`` naming the rows.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from seedfast.ops._common import FLOATING, check_same_device, check_tensor, resolve_backend
+
+FLAG_NON_FINITE = 1
+FLAG_NOTHING_ALLOWED = 2
+
+SEED_LLAMA_TEXT_VOCAB = 32000
+SEED_LLAMA_NUM_CODES = 8192
+CODES_PER_IMAGE = 32
+
+
+@dataclass(frozen=True)
+class VisualVocab:
+    """Where text, visual codes and the image markers sit in an LLM's vocabulary.
+
+    Attributes
+    ----------
+    text_vocab_size : int
+        Ids ``[0, text_vocab_size)`` are text (eos included).
+    first_code_id : int
+        Code ``c`` is id ``first_code_id + c``.
+    num_codes : int
+        Codebook size.
+    boi_id, eoi_id : int
+        ``<img>`` and ``</img>``.
+    eos_id : int
+        End of sequence; also what error rows emit.
+    codes_per_image : int
+        N: codes between ``<img>`` and ``</img>``.
+    """
+
+    text_vocab_size: int
+    first_code_id: int
+    num_codes: int
+    boi_id: int
+    eoi_id: int
+    eos_id: int
+    codes_per_image: int = CODES_PER_IMAGE
+
+    def __post_init__(self) -> None:
+        for name in ("text_vocab_size", "num_codes", "codes_per_image"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"VisualVocab: {name} must be >= 1, got {getattr(self, name)}")
+        codes = range(self.first_code_id, self.first_code_id + self.num_codes)
+        if self.first_code_id < self.text_vocab_size:
+            raise ValueError(f"VisualVocab: codes (from id {self.first_code_id}) overlap text ids "
+                             f"[0, {self.text_vocab_size})")
+        for name in ("boi_id", "eoi_id"):
+            value = getattr(self, name)
+            if value < self.text_vocab_size or value in codes:
+                raise ValueError(f"VisualVocab: {name}={value} must be outside text ids and codes")
+        if self.boi_id == self.eoi_id:
+            raise ValueError("VisualVocab: boi_id and eoi_id must differ")
+        if not 0 <= self.eos_id < self.text_vocab_size:
+            raise ValueError(f"VisualVocab: eos_id={self.eos_id} must be a text id in [0, {self.text_vocab_size})")
+
+    @property
+    def min_vocab_size(self) -> int:
+        """The smallest logits width this layout fits in."""
+        return max(self.first_code_id + self.num_codes, self.boi_id + 1, self.eoi_id + 1)
+
+    @classmethod
+    def seed_llama(cls) -> VisualVocab:
+        """SEED-LLaMA (spec §11.2): 32000 text ids, codes at 32000 + k, then ``<img>``, ``</img>``.
+
+        The spec infers ``<img>`` = 40192 and ``</img>`` = 40193 (8194 added tokens); read the
+        checkpoint's ``added_tokens.json`` and build the layout by hand if it says otherwise.
+        """
+        first = SEED_LLAMA_TEXT_VOCAB
+        return cls(
+            text_vocab_size=SEED_LLAMA_TEXT_VOCAB,
+            first_code_id=first,
+            num_codes=SEED_LLAMA_NUM_CODES,
+            boi_id=first + SEED_LLAMA_NUM_CODES,
+            eoi_id=first + SEED_LLAMA_NUM_CODES + 1,
+            eos_id=2,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The counter-based uniform shared by every backend (the Triton and CUDA kernels compute the
+# same 32-bit integer arithmetic, so tokens agree bit for bit given the same kept set).
+
+_MASK32 = 0xFFFFFFFF
+_HASH_MUL1 = 0x7FEB352D
+_HASH_MUL2 = 0x846CA68B
+_ROW_SALT = 0x9E3779B9
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``(x * c) mod 2**32`` for ``0 <= x < 2**32`` in int64 without overflow (16-bit halves)."""
+    lo, hi = x & 0xFFFF, x >> 16
+    return (lo * c + (((hi * c) & 0xFFFF) << 16)) & _MASK32
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer (xorshift-multiply, "lowbias32" constants) on int64 holding uint32."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, _HASH_MUL1)
+    x = x ^ (x >> 15)
+    x = _mul32(x, _HASH_MUL2)
+    return x ^ (x >> 16)
+
+
+def row_uniform(seed: torch.Tensor, offset: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Uniform in ``[0, 1)`` (24 bits, float32) per row from ``(seed, offset, row)``, all int64 ``[B]``.
+
+    ``h = hash32(row + 0x9E3779B9)``, then ``h = hash32(h ^ w)`` for the words ``w`` = low and
+    high 32 bits of ``offset``, then of ``seed``; ``u = (h >> 8) / 2**24``.
+    """
+    h = hash32((rows + _ROW_SALT) & _MASK32)
+    for value in (offset, seed):
+        h = hash32(h ^ (value & _MASK32))
+        h = hash32(h ^ ((value >> 32) & _MASK32))
+    return (h >> 8).to(torch.float32) * (1.0 / 2**24)
+
+
+def grammar_masks(vocab: VisualVocab, v: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Allowed ids ``[V]`` (bool) in text and inside an image."""
+    ids = torch.arange(v, device=device)
+    text = (ids < vocab.text_vocab_size) | (ids == vocab.boi_id)
+    codes = (ids >= vocab.first_code_id) & (ids < vocab.first_code_id + vocab.num_codes)
+    return text, codes
+
+
+def constrained_sample_reference(
+    logits: torch.Tensor,
+    image_pos: torch.Tensor,
+    *,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+    vocab: VisualVocab,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain-torch sampler (softmax → sort → cumsum → inverse CDF): the oracle and the CPU path.
+
+    Takes per-row tensors (``temperature``, ``top_p`` float ``[B]``; ``top_k``, ``seed``,
+    ``offset`` int64 ``[B]``); :func:`constrained_sample` broadcasts scalars to those. Returns
+    ``(tokens int64 [B], next_image_pos int32 [B], flags int32 [B])``.
+    """
+    b, v = logits.shape
+    dev = logits.device
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    x = logits.to(acc)
+    pos = image_pos.to(torch.int64)
+    in_text = pos < 0
+    forced = pos >= vocab.codes_per_image
+    text_ok, code_ok = grammar_masks(vocab, v, dev)
+    allowed = torch.where(in_text[:, None], text_ok, code_ok)
+
+    non_finite = ((torch.isnan(x) | (x == math.inf)) & allowed).any(1)
+    masked = x.masked_fill(~allowed, -math.inf)
+    row_max = masked.max(1, keepdim=True).values if v else x.new_full((b, 1), -math.inf)
+    nothing = (row_max[:, 0] == -math.inf) & ~non_finite
+    error = (non_finite | nothing) & ~forced
+    flags = (non_finite & ~forced).to(torch.int32) * FLAG_NON_FINITE + (nothing & ~forced).to(torch.int32) * FLAG_NOTHING_ALLOWED
+
+    # Error rows get a harmless finite row so the arithmetic below stays NaN-free.
+    masked = torch.where(error[:, None], torch.where(allowed, 0.0, -math.inf), masked)
+    row_max = torch.where(error[:, None], 0.0, row_max)
+
+    greedy = temperature <= 0
+    greedy_tok = masked.argmax(1)
+
+    temp = torch.where(greedy, 1.0, temperature).to(acc)[:, None]
+    scaled = (masked - row_max) / temp
+    sorted_vals, _ = scaled.sort(1, descending=True)
+    k = top_k.clamp(max=v)
+    kth = sorted_vals.gather(1, (k - 1).clamp(min=0)[:, None])
+    keep = allowed & ((k[:, None] <= 0) | (scaled >= kth))
+    probs = torch.where(keep, scaled.exp(), 0.0)
+    probs = probs / probs.sum(1, keepdim=True)
+
+    sorted_p, _ = probs.sort(1, descending=True)
+    mass_above = sorted_p.cumsum(1) - sorted_p
+    inside = mass_above < top_p.to(acc)[:, None]
+    inside[:, 0] = True
+    last_inside = inside.sum(1, keepdim=True) - 1
+    threshold = sorted_p.gather(1, last_inside)
+    keep = keep & ((top_p[:, None] >= 1) | (probs >= threshold))
+    final = torch.where(keep, probs, 0.0)
+
+    cdf = final.cumsum(1)
+    u = row_uniform(seed, offset, torch.arange(b, device=dev)).to(acc)
+    target = u[:, None] * cdf[:, -1:]
+    drawn = torch.searchsorted(cdf, target, right=True)[:, 0]
+    # Rounding can put the target at the very top of the CDF: take the last kept id then.
+    last_kept = v - 1 - keep.flip(1).to(torch.int8).argmax(1)
+    drawn = torch.minimum(drawn, last_kept)
+
+    tokens = torch.where(greedy, greedy_tok, drawn)
+    tokens = torch.where(error, vocab.eos_id, tokens)
+    tokens = torch.where(forced, vocab.eoi_id, tokens)
+    next_pos = torch.where(in_text & (tokens == vocab.boi_id), 0, -1)
+    next_pos = torch.where(~in_text & ~forced & ~error, pos + 1, next_pos)
+    return tokens.to(torch.int64), next_pos.to(torch.int32), flags
+
+
+def _per_row(op: str, name: str, value, b: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A scalar or ``[B]`` tensor argument as a ``[B]`` tensor of ``dtype`` on ``device``."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0:
+            value = value.reshape(1)
+        if value.dim() != 1 or value.shape[0] not in (1, b):
+            raise ValueError(f"{op}: {name} must be a scalar or a [B] = [{b}] tensor, got shape {tuple(value.shape)}")
+        if value.device != device:
+            raise ValueError(f"{op}: {name} must be on {device}, got {value.device}")
+        if not dtype.is_floating_point and value.dtype.is_floating_point:
+            raise TypeError(f"{op}: {name} must be an integer tensor, got {value.dtype}")
+        return value.to(dtype).expand(b)
+    return torch.full((b,), value, dtype=dtype, device=device)
+
+
+def _check_scalar(op: str, name: str, value, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{op}: {name} must be {expected}, got {value!r}")
+
+
+def constrained_sample(
+    logits: torch.Tensor,
+    image_pos: torch.Tensor,
+    *,
+    vocab: VisualVocab,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int | torch.Tensor = 0,
+    top_p: float | torch.Tensor = 1.0,
+    seed: int | torch.Tensor = 0,
+    offset: int | torch.Tensor = 0,
+    check: bool | None = None,
+    return_flags: bool = False,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, ...]:
+    """Sample one token per row under the image grammar, with temperature / top-k / top-p.
+
+    Parameters
+    ----------
+    logits : Tensor ``[B, V]``, float32/float16/bfloat16 (float64 on the torch backend)
+    image_pos : Tensor ``[B]``, int32 (or int64)
+        ``-1`` in text, ``k`` after ``<img>`` and ``k`` codes.
+    vocab : VisualVocab
+        The id layout; ``V`` must be at least ``vocab.min_vocab_size``.
+    temperature : float or Tensor ``[B]``
+        ``<= 0`` is greedy.
+    top_k : int or Tensor ``[B]``
+        ``<= 0`` switches top-k off.
+    top_p : float or Tensor ``[B]``
+        ``>= 1`` switches top-p off.
+    seed, offset : int or int64 Tensor ``[B]`` (or scalar tensor)
+        The random stream; advance ``offset`` each step (in place, to replay a CUDA graph).
+    check : bool, optional
+        Raise on error rows. Default: True unless capturing a CUDA graph or compiling.
+    return_flags : bool
+        Also return the per-row error flags.
+    backend : {"auto", "triton", "cuda", "torch"}
+
+    Returns
+    -------
+    tokens : Tensor ``[B]``, int64
+    next_image_pos : Tensor ``[B]``, int32
+    flags : Tensor ``[B]``, int32 (only with ``return_flags``)
+        Bitwise ``FLAG_NON_FINITE`` (1) | ``FLAG_NOTHING_ALLOWED`` (2); 0 when the row is fine.
+
+    Raises
+    ------
+    TypeError
+        Non-floating logits, non-integer ``image_pos``/``seed``/``offset``, or ``vocab`` not a VisualVocab.
+    ValueError
+        Shapes, devices, out-of-range scalar arguments, a layout that does not fit ``V``, or
+        (with ``check``) rows whose logits are NaN/+inf or allow nothing.
+    """
+    op = "constrained_sample"
+    if not isinstance(vocab, VisualVocab):
+        raise TypeError(f"{op}: vocab must be a VisualVocab, got {type(vocab).__name__}")
+    logits = check_tensor(op, "logits", logits, ndim=2, dtypes=(*FLOATING, torch.float64))
+    image_pos = check_tensor(op, "image_pos", image_pos, ndim=1, dtypes=(torch.int32, torch.int64))
+    device = check_same_device(op, logits=logits, image_pos=image_pos)
+    b, v = logits.shape
+    if image_pos.shape[0] != b:
+        raise ValueError(f"{op}: image_pos must have shape [B] = [{b}], got {tuple(image_pos.shape)}")
+    if v < vocab.min_vocab_size:
+        raise ValueError(f"{op}: logits have V={v} ids but the vocab layout needs at least {vocab.min_vocab_size}")
+    if not isinstance(temperature, torch.Tensor):
+        _check_scalar(op, "temperature", temperature,
+                      isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0,
+                      "a finite number >= 0")
+    if not isinstance(top_k, torch.Tensor):
+        _check_scalar(op, "top_k", top_k, isinstance(top_k, int) and not isinstance(top_k, bool), "an int")
+    if not isinstance(top_p, torch.Tensor):
+        _check_scalar(op, "top_p", top_p, isinstance(top_p, (int, float)) and 0 < top_p <= 1, "in (0, 1]")
+    for name, value in (("seed", seed), ("offset", offset)):
+        if not isinstance(value, torch.Tensor):
+            _check_scalar(op, name, value, isinstance(value, int) and not isinstance(value, bool), "an int")
+        elif value.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{op}: {name} must be an int64 tensor, got {value.dtype}")
+    temperature_t = _per_row(op, "temperature", temperature, b, device, torch.float32)
+    top_k_t = _per_row(op, "top_k", top_k, b, device, torch.int64)
+    top_p_t = _per_row(op, "top_p", top_p, b, device, torch.float32)
+    seed_t = _per_row(op, "seed", seed, b, device, torch.int64)
+    offset_t = _per_row(op, "offset", offset, b, device, torch.int64)
+    resolve_backend(op, backend, device)
+    tokens, next_pos, flags = constrained_sample_reference(
+        logits, image_pos, temperature=temperature_t, top_k=top_k_t, top_p=top_p_t,
+        seed=seed_t, offset=offset_t, vocab=vocab,
+    )
+    if check is None:
+        check = not (torch.compiler.is_compiling()
+                     or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()))
+    if check:
+        raise_on_flags(flags)
+    return (tokens, next_pos, flags) if return_flags else (tokens, next_pos)
+
+
+def raise_on_flags(flags: torch.Tensor) -> None:
+    """Raise a ValueError naming the rows whose flags are set (one host synchronisation)."""
+    bad = torch.nonzero(flags).flatten().tolist()
+    if not bad:
+        return
+    values = flags[bad].tolist()
+    parts = []
+    for row, f in zip(bad[:10], values[:10]):
+        why = []
+        if f & FLAG_NON_FINITE:
+            why.append("an allowed logit is NaN or +inf")
+        if f & FLAG_NOTHING_ALLOWED:
+            why.append("no allowed token has a finite logit")
+        parts.append(f"row {row}: {' and '.join(why)}")
+    more = f" (and {len(bad) - 10} more rows)" if len(bad) > 10 else ""
+    raise ValueError("constrained_sample: " + "; ".join(parts) + more + "; those rows emitted eos")

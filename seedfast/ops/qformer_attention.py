@@ -1,0 +1,140 @@
+"""Masked multi-head attention for the Causal Q-Former (and any BLIP-2-style model).
+
+One rule covers every mask SEED needs, computed from indices, never materialised:
+
+* ``causal=True``: query ``i`` sees keys ``j <= i`` (top-left aligned, as SDPA's ``is_causal``).
+  This is the Q-Former's causal self-attention among its 32 queries, and a joint
+  [32 queries + text] sequence where text sees all queries and earlier text.
+* ``kv_lens`` (``[B]`` integers): keys at index ``>= kv_lens[b]`` are masked (padded text or
+  image keys). Values are clamped to ``[0, Lk]`` (no host synchronisation to check them).
+* Cross-attention is the same op with ``causal=False`` and ``Lq != Lk``.
+
+A query row that sees no key (``kv_lens[b] == 0``, say) outputs zeros and passes zero gradient,
+where a softmax over nothing would give NaN.
+
+The official code adds ``-10000`` to masked scores instead of ``-inf``; the difference is
+``exp(-10000)``, which is zero in every dtype, except for rows that see no key at all (the
+official code then averages all keys; we return zeros, as documented above).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from seedfast.ops._common import FLOATING, check_same_device, check_tensor, resolve_backend
+
+
+def attention_mask(
+    lq: int, lk: int, *, causal: bool, kv_lens: torch.Tensor | None, device: torch.device
+) -> torch.Tensor | None:
+    """The boolean keep-mask ``[B or 1, 1, Lq, Lk]`` of the rule above (None when nothing is masked)."""
+    keep = None
+    if causal:
+        i = torch.arange(lq, device=device)[:, None]
+        j = torch.arange(lk, device=device)[None, :]
+        keep = (j <= i)[None, None]
+    if kv_lens is not None:
+        lens = kv_lens.to(device=device, dtype=torch.int64).clamp(0, lk)
+        key_ok = torch.arange(lk, device=device)[None, :] < lens[:, None]
+        key_ok = key_ok[:, None, None, :]
+        keep = key_ok if keep is None else keep & key_ok
+    return keep
+
+
+def qformer_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    kv_lens: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Plain-torch :func:`qformer_attention`: SDPA with an explicit mask, in the input dtype.
+
+    The oracle of the tests (run in float64) and the CPU path. Same arguments and result as
+    :func:`qformer_attention` (without ``backend``).
+    """
+    lq, lk = q.shape[-2], k.shape[-2]
+    keep = attention_mask(lq, lk, causal=causal, kv_lens=kv_lens, device=q.device)
+    if keep is None:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+    sees_a_key = keep.any(-1, keepdim=True)
+    # Rows that see nothing attend to everything (finite softmax), then are zeroed: NaN-free
+    # forward, and the zeroing sends them zero gradient.
+    safe = keep | ~sees_a_key
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=safe, scale=scale)
+    return out * sees_a_key.to(out.dtype)
+
+
+def _validate(q, k, v, kv_lens, scale, backend):
+    op = "qformer_attention"
+    allowed = (*FLOATING, torch.float64)
+    q = check_tensor(op, "q", q, ndim=4, dtypes=allowed)
+    k = check_tensor(op, "k", k, ndim=4, dtypes=allowed)
+    v = check_tensor(op, "v", v, ndim=4, dtypes=allowed)
+    tensors = {"q": q, "k": k, "v": v}
+    if kv_lens is not None:
+        kv_lens = check_tensor(op, "kv_lens", kv_lens, ndim=1,
+                               dtypes=(torch.int32, torch.int64, torch.int16, torch.uint8))
+        tensors["kv_lens"] = kv_lens
+    device = check_same_device(op, **tensors)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{op}: q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    b, h, _, d = q.shape
+    if k.shape[:2] != (b, h) or v.shape[:2] != (b, h):
+        raise ValueError(
+            f"{op}: q, k, v must be [B, H, L, D] with the same B and H; got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"{op}: k and v must have the same length, got {k.shape[2]} and {v.shape[2]}")
+    if k.shape[3] != d or v.shape[3] != d:
+        raise ValueError(f"{op}: q, k, v must share head_dim, got {d}, {k.shape[3]}, {v.shape[3]}")
+    if kv_lens is not None and kv_lens.shape[0] != b:
+        raise ValueError(f"{op}: kv_lens must have shape [B] = [{b}], got {tuple(kv_lens.shape)}")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"{op}: scale must be a finite number or None, got {scale!r}")
+    chosen = resolve_backend(op, backend, device)
+    return q, k, v, kv_lens, chosen
+
+
+def qformer_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    kv_lens: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Attention with the causal / key-length mask computed from indices.
+
+    Parameters
+    ----------
+    q : Tensor ``[B, H, Lq, D]``, float32/float16/bfloat16 (float64 on the torch backend)
+    k, v : Tensor ``[B, H, Lk, D]``, same dtype and device as ``q``
+    causal : bool
+        Query ``i`` sees keys ``j <= i`` (top-left aligned).
+    kv_lens : Tensor ``[B]``, integer, optional
+        Keys at index ``>= kv_lens[b]`` are masked; values are clamped to ``[0, Lk]``.
+    scale : float, optional
+        Score scale; default ``D ** -0.5``.
+    backend : {"auto", "triton", "torch"}
+
+    Returns
+    -------
+    Tensor ``[B, H, Lq, D]``, dtype of ``q``. Rows that see no key are zero.
+
+    Raises
+    ------
+    TypeError
+        Non-tensor inputs, non-floating q/k/v, mixed dtypes, non-integer ``kv_lens``.
+    ValueError
+        Shape mismatches, tensors on different devices, a non-finite ``scale``, or a backend
+        that cannot run here.
+    """
+    q, k, v, kv_lens, chosen = _validate(q, k, v, kv_lens, scale, backend)
+    return qformer_attention_reference(q, k, v, causal=causal, kv_lens=kv_lens, scale=scale)
