@@ -1,0 +1,499 @@
+"""The SEED visual tokenizer: image → 32 causal codes, and codes → the 1024-d generation
+embedding that the unCLIP de-tokenizer turns into pixels (spec §1–§7).
+
+Attribute names are the official ``Blip2QformerQuantizer`` ones (``visual_encoder``,
+``ln_vision``, ``query_tokens``, ``Qformer``, ``quantize``, ``encode_task_layer``, …), including
+the capitalised ``Qformer``, so that ``state_dict()`` keys are exactly the official keys of
+spec §9 and checkpoints load by name.
+
+Inference path (``encode``): ViT → ``ln_vision`` → Q-Former → ``encode_task_layer`` → nearest
+code. Unlike ``get_codebook_indices`` it does not also run ``decode_task_layer`` (spec §13
+item 2); ``pos_embed_image`` is broadcast, not repeated per image (item 6).
+
+Precision. The model computes in the dtype of its weights: ``model.to(torch.bfloat16)`` (or
+float16) on GPU runs everything in half precision, like the released ``ImageTokenizer(fp16=True)``
+which calls ``.half()`` on the whole tokenizer, except that
+
+* ``ln_vision`` normalises in float32 and casts back (spec §3);
+* LayerNorm and SDPA/softmax statistics accumulate in float32 inside the kernels;
+* the code search (:func:`seedfast.ops.nearest_code`) and the losses are float32.
+
+Half-precision ViT with a float32 remainder (the official training set-up: fp16 ViT, fp32
+Q-Former) works too: ``model.visual_encoder.to(torch.float16)``; image features are cast to
+the Q-Former's dtype. Running float32 weights under ``torch.autocast`` is also supported.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seedfast.models import tokenizer_losses as losses
+from seedfast.models.eva_vit import EvaVisionTransformer, FP32LayerNorm
+from seedfast.models.heads import Block, image_down, task_layer
+from seedfast.models.qformer import ATTENTION_IMPLS, CausalQFormer
+from seedfast.models.quantizer import VectorQuantizer
+from seedfast.models.tokenizer_config import NUM_QUERY_TOKENS, SeedTokenizerConfig
+
+TEMP_INIT = 0.07
+"""Initial contrastive temperature (stage 1)."""
+INIT_STD = 0.02
+"""Std of the (truncated) normal initialisation of weights, embeddings and positions."""
+
+STAGE_MODULES: dict[int, tuple[str, ...]] = {
+    # Spec §5: Q-Former (its MLM head is not built), queries, ln_vision, projections, temp.
+    1: ("Qformer", "query_tokens", "ln_vision", "vision_proj", "text_proj", "temp"),
+    # Spec §7: codebook, task layers, positions, both block stacks and the generation head.
+    2: ("quantize", "encode_task_layer", "decode_task_layer", "pos_embed", "pos_embed_image",
+        "blocks", "blocks_image", "image_down", "distill_image_proj"),
+}
+"""Top-level attribute names trained in each stage; everything else is frozen."""
+
+_ZERO_INIT = ("q_bias", "v_bias")
+_INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+class SeedTokenizer(nn.Module):
+    """SEED tokenizer with the official architecture and state-dict names.
+
+    Parameters
+    ----------
+    config : SeedTokenizerConfig
+        ``SeedTokenizerConfig.official()`` for the released model, ``.tiny()`` for tests.
+
+    Notes
+    -----
+    Weights are freshly initialised (BERT/timm style: truncated normal 0.02, zero biases,
+    unit LayerNorms, codebook uniform ±1/K, ``temp`` 0.07); load real ones with
+    :meth:`from_official` or :meth:`load`. Construct under ``torch.device("meta")`` to get a
+    storage-free skeleton.
+    """
+
+    def __init__(self, config: SeedTokenizerConfig) -> None:
+        if not isinstance(config, SeedTokenizerConfig):
+            raise TypeError(f"SeedTokenizer: config must be a SeedTokenizerConfig, got {type(config).__name__}")
+        super().__init__()
+        c = config
+        self.config = c
+        hidden = c.qformer_hidden
+        self.visual_encoder = EvaVisionTransformer(
+            image_size=c.image_size, patch_size=c.patch_size, width=c.vit_width, depth=c.vit_depth,
+            num_heads=c.vit_heads, mlp_dim=c.vit_mlp_dim, eps=c.vit_eps,
+        )
+        self.ln_vision = FP32LayerNorm(c.vit_width, eps=c.ln_vision_eps)
+        self.query_tokens = nn.Parameter(torch.zeros(1, NUM_QUERY_TOKENS, hidden))
+        self.Qformer = CausalQFormer(
+            hidden=hidden, num_layers=c.qformer_layers, num_heads=c.qformer_heads,
+            intermediate=c.qformer_intermediate, encoder_width=c.vit_width,
+            cross_attention_freq=c.cross_attention_freq, eps=c.qformer_eps, dropout=c.qformer_dropout,
+            vocab_size=c.vocab_size if c.training_heads else None,
+            max_positions=c.max_text_positions if c.training_heads else None,
+            attention=ATTENTION_IMPLS[c.qformer_attention],
+        )
+        self.quantize = VectorQuantizer(c.codebook_size, c.code_dim)
+        self.encode_task_layer = task_layer(hidden, hidden, c.code_dim)
+        self.decode_task_layer = task_layer(c.code_dim, c.code_dim, hidden)
+        self.pos_embed_image = nn.Parameter(torch.zeros(1, NUM_QUERY_TOKENS, hidden))
+        self.blocks_image = self._head_blocks()
+        self.image_down = image_down(hidden, c.image_down_dims)
+        self.distill_image_proj = nn.Linear(NUM_QUERY_TOKENS * c.image_down_dims[2], c.generation_embed_dim)
+        if c.training_heads:
+            self.pos_embed = nn.Parameter(torch.zeros(1, NUM_QUERY_TOKENS, hidden))
+            self.blocks = self._head_blocks()
+            self.vision_proj = nn.Linear(hidden, c.proj_dim)
+            self.text_proj = nn.Linear(hidden, c.proj_dim)
+            self.temp = nn.Parameter(torch.tensor(TEMP_INIT))
+        self.reset_parameters()
+
+    def _head_blocks(self) -> nn.ModuleList:
+        c = self.config
+        return nn.ModuleList(
+            Block(c.qformer_hidden, c.head_heads, c.head_mlp_dim, c.head_eps) for _ in range(c.head_depth)
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # Initialisation
+
+    def reset_parameters(self, names: Iterable[str] | None = None) -> None:
+        """(Re-)initialise all parameters, or only those named (full state-dict names).
+
+        Raises
+        ------
+        KeyError
+            A name that is not a parameter of this model.
+        """
+        params = dict(self.named_parameters())
+        chosen = list(params) if names is None else list(names)
+        unknown = [n for n in chosen if n not in params]
+        if unknown:
+            raise KeyError(f"SeedTokenizer.reset_parameters: not parameters of this model: {unknown}")
+        with torch.no_grad():
+            for name in chosen:
+                owner_name, _, leaf = name.rpartition(".")
+                self._init_parameter(self.get_submodule(owner_name), leaf, params[name])
+
+    def _init_parameter(self, owner: nn.Module, leaf: str, p: torch.Tensor) -> None:
+        if isinstance(owner, nn.LayerNorm) and leaf == "weight":
+            nn.init.ones_(p)
+        elif owner is self.quantize.embedding:
+            bound = 1.0 / self.config.codebook_size
+            nn.init.uniform_(p, -bound, bound)
+        elif isinstance(owner, nn.Embedding):
+            nn.init.normal_(p, std=INIT_STD)
+        elif isinstance(owner, (nn.Linear, nn.Conv2d)) and leaf == "weight":
+            nn.init.trunc_normal_(p, std=INIT_STD)
+        elif leaf == "bias" or leaf in _ZERO_INIT:
+            nn.init.zeros_(p)
+        elif leaf == "temp":
+            nn.init.constant_(p, TEMP_INIT)
+        else:
+            # query_tokens, cls_token and the position embeddings.
+            nn.init.trunc_normal_(p, std=INIT_STD)
+
+    # -----------------------------------------------------------------------------------------
+    # Input checks
+
+    def _check_images(self, images: object, op: str) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"SeedTokenizer.{op}: images must be a torch.Tensor, got {type(images).__name__}")
+        if not images.is_floating_point():
+            raise TypeError(f"SeedTokenizer.{op}: images must be a floating tensor (preprocessed, spec §2), got "
+                            f"{images.dtype}; use encode_pixels for uint8 pixels")
+        s = self.config.image_size
+        if images.dim() != 4 or images.shape[0] == 0 or tuple(images.shape[1:]) != (3, s, s):
+            raise ValueError(f"SeedTokenizer.{op}: images must have shape [B, 3, {s}, {s}] with B >= 1, got "
+                             f"{tuple(images.shape)}")
+        self._check_device(op, "images", images)
+        return images.to(self.visual_encoder.patch_embed.proj.weight.dtype)
+
+    def _check_device(self, op: str, name: str, t: torch.Tensor) -> None:
+        device = self.query_tokens.device
+        if t.device != device:
+            raise ValueError(f"SeedTokenizer.{op}: {name} is on {t.device} but the model is on {device}")
+
+    def _check_codes(self, codes: object, op: str, check_range: bool) -> torch.Tensor:
+        if not isinstance(codes, torch.Tensor):
+            raise TypeError(f"SeedTokenizer.{op}: codes must be a torch.Tensor, got {type(codes).__name__}")
+        if codes.dtype not in _INDEX_DTYPES:
+            raise TypeError(f"SeedTokenizer.{op}: codes must be int64 or int32, got {codes.dtype}")
+        if codes.dim() != 2 or codes.shape[0] == 0 or codes.shape[1] != NUM_QUERY_TOKENS:
+            raise ValueError(f"SeedTokenizer.{op}: codes must have shape [B, {NUM_QUERY_TOKENS}] with B >= 1, "
+                             f"got {tuple(codes.shape)}")
+        self._check_device(op, "codes", codes)
+        k = self.config.codebook_size
+        # One host sync; pass check_range=False on a hot path whose codes are known valid.
+        if check_range and bool(((codes < 0) | (codes >= k)).any()):
+            raise ValueError(f"SeedTokenizer.{op}: codes must lie in [0, {k}), got values from "
+                             f"{int(codes.min())} to {int(codes.max())}")
+        return codes
+
+    # -----------------------------------------------------------------------------------------
+    # Inference
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """ViT tokens after ``ln_vision``.
+
+        Parameters
+        ----------
+        images : Tensor ``[B, 3, S, S]``, floating, preprocessed (spec §2), on the model's device
+            Cast to the ViT's weight dtype.
+
+        Returns
+        -------
+        Tensor ``[B, 1 + (S/p)², vit_width]`` (``[B, 257, 1408]``), dtype of the ViT weights.
+
+        Raises
+        ------
+        TypeError
+            Not a floating tensor.
+        ValueError
+            Wrong shape, or not on the model's device.
+        """
+        images = self._check_images(images, "image_features")
+        return self.ln_vision(self.visual_encoder(images))
+
+    def causal_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """The Q-Former output (the causal embeddings that are quantised).
+
+        Parameters
+        ----------
+        images : Tensor ``[B, 3, S, S]``, as :meth:`image_features`
+
+        Returns
+        -------
+        Tensor ``[B, 32, qformer_hidden]``, dtype of the Q-Former weights.
+        """
+        feats = self.image_features(images)
+        return self.Qformer(self.query_tokens, feats.to(self.query_tokens.dtype))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images → visual codes (``get_codebook_indices``).
+
+        Parameters
+        ----------
+        images : Tensor ``[B, 3, S, S]``, floating, preprocessed (CLIP mean/std, spec §2)
+
+        Returns
+        -------
+        Tensor ``[B, 32]``, int64, in ``[0, codebook_size)``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`image_features`.
+        """
+        return self.quantize.nearest(self.encode_task_layer(self.causal_embeddings(images)))
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Raw images → codes: preprocess with :func:`seedfast.data.clip_preprocess`, then :meth:`encode`.
+
+        Parameters
+        ----------
+        pixels : Tensor ``[B, 3, H, W]``, uint8 in [0, 255] or floating in [0, 1], any size
+            Resized to ``image_size`` (bilinear, aspect ratio not kept) and normalised with the
+            CLIP mean/std, as the official inference transform.
+
+        Returns
+        -------
+        Tensor ``[B, 32]``, int64.
+
+        Raises
+        ------
+        TypeError, ValueError
+            From ``clip_preprocess`` (not a uint8/floating ``[B, 3, H, W]`` tensor) or :meth:`encode`.
+        """
+        from seedfast.data import clip_preprocess
+
+        return self.encode(clip_preprocess(pixels, size=self.config.image_size))
+
+    def embed_codes(self, codes: torch.Tensor, *, check_range: bool = True) -> torch.Tensor:
+        """Codes → causal embeddings (``get_codebook_entry`` then ``decode_task_layer``).
+
+        Parameters
+        ----------
+        codes : Tensor ``[B, 32]``, int64 or int32, on the model's device
+        check_range : bool
+            Verify ``0 <= codes < codebook_size`` (one host synchronisation).
+
+        Returns
+        -------
+        Tensor ``[B, 32, qformer_hidden]``, dtype of the weights.
+
+        Raises
+        ------
+        TypeError
+            Not an int64/int32 tensor.
+        ValueError
+            Shape other than ``[B, 32]``, wrong device, or (with ``check_range``) a code out of range.
+        """
+        codes = self._check_codes(codes, "embed_codes", check_range)
+        return self.decode_task_layer(self.quantize.lookup(codes))
+
+    def generation_embedding(self, codes: torch.Tensor, *, check_range: bool = True) -> torch.Tensor:
+        """Codes → the unCLIP image embedding the de-tokenizer is conditioned on.
+
+        Parameters
+        ----------
+        codes : Tensor ``[B, 32]``, int64 or int32
+        check_range : bool
+            As :meth:`embed_codes`.
+
+        Returns
+        -------
+        Tensor ``[B, generation_embed_dim]`` (``[B, 1024]``), dtype of the weights.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`embed_codes`.
+        """
+        codes = self._check_codes(codes, "generation_embedding", check_range)
+        return self._generation_head(self.decode_task_layer(self.quantize.lookup(codes)))
+
+    def _generation_head(self, h: torch.Tensor) -> torch.Tensor:
+        x = h + self.pos_embed_image
+        for block in self.blocks_image:
+            x = block(x)
+        return self.distill_image_proj(self.image_down(x).flatten(1))
+
+    # -----------------------------------------------------------------------------------------
+    # Training
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        *,
+        stage: int,
+        text_ids: torch.Tensor | None = None,
+        text_lengths: torch.Tensor | None = None,
+        target_image_embeds: torch.Tensor | None = None,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        rank: int = 0,
+    ) -> dict[str, torch.Tensor]:
+        """Training losses of stage 1 (contrastive) or stage 2 (codebook + heads).
+
+        The ViT always runs without gradient (frozen in both stages); in stage 2 the whole
+        Q-Former forward does too (its output is the VQ input and the cosine target). Dropout
+        follows each module's train/eval mode: the official stage 2 keeps the frozen Q-Former
+        in train mode (dropout on); call ``model.Qformer.eval()`` for deterministic targets.
+
+        Parameters
+        ----------
+        images : Tensor ``[B, 3, S, S]``, preprocessed
+        stage : {1, 2}
+        text_ids : Tensor ``[B, T]``, int64 (stage 1)
+            BERT token ids, ``[CLS]`` first, right-padded, ``T <= max_text_positions``.
+        text_lengths : Tensor ``[B]``, integer (stage 1)
+            Real tokens per row (``attention_mask.sum(1)``).
+        target_image_embeds : Tensor ``[B, generation_embed_dim]``, floating (stage 2)
+            The frozen CLIP-ViT-H/14 ``image_embeds`` of the same images.
+        gather, rank
+            Stage 1 across processes: see :func:`seedfast.models.tokenizer_losses.contrastive_loss`.
+
+        Returns
+        -------
+        dict of float32 scalars
+            Stage 1: ``{"itc", "loss"}``. Stage 2: ``{"vq", "mse", "cos", "loss"}`` with
+            ``loss = 5·vq + 0.5·mse + 2·cos``.
+
+        Raises
+        ------
+        RuntimeError
+            The model was built without ``training_heads``.
+        TypeError, ValueError
+            A bad stage, a missing or malformed input.
+        """
+        if not self.config.training_heads:
+            raise RuntimeError("SeedTokenizer.forward: training losses need the training heads; build the model "
+                               "with SeedTokenizerConfig(training_heads=True)")
+        if stage == 1:
+            return self._stage1_losses(images, text_ids, text_lengths, gather, rank)
+        if stage == 2:
+            return self._stage2_losses(images, target_image_embeds)
+        raise ValueError(f"SeedTokenizer.forward: stage must be 1 or 2, got {stage!r}")
+
+    def _stage1_losses(
+        self,
+        images: object,
+        text_ids: object,
+        text_lengths: object,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None,
+        rank: int,
+    ) -> dict[str, torch.Tensor]:
+        images = self._check_images(images, "forward")
+        b = images.shape[0]
+        if not isinstance(text_ids, torch.Tensor) or text_ids.dtype != torch.int64:
+            raise TypeError("SeedTokenizer.forward: stage 1 needs text_ids, an int64 tensor [B, T]; got "
+                            f"{getattr(text_ids, 'dtype', type(text_ids).__name__)}")
+        if text_ids.dim() != 2 or text_ids.shape[0] != b or text_ids.shape[1] == 0:
+            raise ValueError(f"SeedTokenizer.forward: text_ids must have shape [B={b}, T >= 1], got "
+                             f"{tuple(text_ids.shape)}")
+        if not isinstance(text_lengths, torch.Tensor) or text_lengths.is_floating_point():
+            raise TypeError("SeedTokenizer.forward: stage 1 needs text_lengths, an integer tensor [B]")
+        if tuple(text_lengths.shape) != (b,):
+            raise ValueError(f"SeedTokenizer.forward: text_lengths must have shape [{b}], got "
+                             f"{tuple(text_lengths.shape)}")
+        self._check_device("forward", "text_ids", text_ids)
+        self._check_device("forward", "text_lengths", text_lengths)
+        with torch.no_grad():
+            vit = self.visual_encoder(images)
+        h = self.Qformer(self.query_tokens, self.ln_vision(vit).to(self.query_tokens.dtype))
+        # The official code projects all 32 queries and keeps the last one; projecting only
+        # the last one is the same (the projection and the normalisation are per token).
+        image_feat = F.normalize(self.vision_proj(h[:, -1]), dim=-1)
+        text_feat = F.normalize(self.text_proj(self.Qformer.forward_text(text_ids, text_lengths)[:, 0]), dim=-1)
+        itc = losses.contrastive_loss(image_feat, text_feat, self.temp, gather=gather, rank=rank)
+        return {"itc": itc, "loss": itc}
+
+    def _stage2_losses(self, images: object, target: object) -> dict[str, torch.Tensor]:
+        images = self._check_images(images, "forward")
+        b, g = images.shape[0], self.config.generation_embed_dim
+        if not isinstance(target, torch.Tensor) or not target.is_floating_point():
+            raise TypeError("SeedTokenizer.forward: stage 2 needs target_image_embeds, a floating tensor [B, "
+                            f"{g}]; got {getattr(target, 'dtype', type(target).__name__)}")
+        if tuple(target.shape) != (b, g):
+            raise ValueError(f"SeedTokenizer.forward: target_image_embeds must have shape [{b}, {g}], got "
+                             f"{tuple(target.shape)}")
+        self._check_device("forward", "target_image_embeds", target)
+        with torch.no_grad():
+            vit = self.visual_encoder(images)
+            causal = self.Qformer(self.query_tokens, self.ln_vision(vit).to(self.query_tokens.dtype))
+        vq = self.quantize(self.encode_task_layer(causal))
+        h = self.decode_task_layer(vq.z_q)
+        recon = h + self.pos_embed
+        for block in self.blocks:
+            recon = block(recon)
+        cos = losses.reconstruction_cosine_loss(recon, causal)
+        mse = losses.generation_mse_loss(self._generation_head(h), target)
+        total = losses.VQ_WEIGHT * vq.loss + losses.MSE_WEIGHT * mse + losses.COS_WEIGHT * cos
+        return {"vq": vq.loss, "mse": mse, "cos": cos, "loss": total}
+
+    @staticmethod
+    def trained_modules(stage: int) -> tuple[str, ...]:
+        """Top-level attribute names trained in ``stage`` (1 or 2); all others are frozen.
+
+        Raises
+        ------
+        ValueError
+            ``stage`` not 1 or 2.
+        """
+        if stage not in STAGE_MODULES:
+            raise ValueError(f"SeedTokenizer.trained_modules: stage must be 1 or 2, got {stage!r}")
+        return STAGE_MODULES[stage]
+
+    def trainable_parameters(self, stage: int) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` pairs trained in ``stage``, in ``named_parameters`` order.
+
+        Stage 1: Q-Former (text path included), ``query_tokens``, ``ln_vision``,
+        ``vision_proj``, ``text_proj``, ``temp``. Stage 2: codebook, task layers, both
+        position embeddings and block stacks, ``image_down``, ``distill_image_proj``.
+        """
+        top = set(self.trained_modules(stage))
+        return [(n, p) for n, p in self.named_parameters() if n.split(".", 1)[0] in top]
+
+    def set_trainable(self, stage: int) -> None:
+        """``requires_grad`` on exactly the parameters of :meth:`trainable_parameters` for ``stage``."""
+        trained = {n for n, _ in self.trainable_parameters(stage)}
+        for name, p in self.named_parameters():
+            p.requires_grad_(name in trained)
+
+    # -----------------------------------------------------------------------------------------
+    # Checkpoints
+
+    @classmethod
+    def from_official(
+        cls,
+        quantizer_path: str | Path,
+        vit_path: str | Path | None = None,
+        *,
+        config: SeedTokenizerConfig | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> SeedTokenizer:
+        """Load the released ``seed_quantizer.pt`` (+ ``eva_vit_g.pth``) by the official key names.
+
+        See :func:`seedfast.models.checkpoints.load_official` for the parameters and errors.
+        """
+        from seedfast.models.checkpoints import load_official
+
+        model, _ = load_official(quantizer_path, vit_path, config=config, dtype=dtype, device=device)
+        return model
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` to ``directory`` (created); return it."""
+        from seedfast.models.checkpoints import save_tokenizer
+
+        return save_tokenizer(self, directory)
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> SeedTokenizer:
+        """Read a directory written by :meth:`save` (see :func:`seedfast.models.checkpoints.load_tokenizer`)."""
+        from seedfast.models.checkpoints import load_tokenizer
+
+        return load_tokenizer(directory, device=device, dtype=dtype)
