@@ -1,0 +1,79 @@
+"""The embedded dataset (procedural shape scenes with exact captions, no download), the
+attribute checker that scores generated images and captions against them, loaders for real
+image–caption data, and the tokenizer's image preprocessing.
+
+Images are uint8 ``[B, 3, H, W]`` everywhere (``[3, H, W]`` in a Sample); the checker and
+``clip_preprocess`` also take floats in [0, 1]. Pillow is imported only when real data is read.
+"""
+from seedfast.data.checker import (
+    attribute_accuracy,
+    caption_accuracy,
+    checker_accuracy,
+    degrade_images,
+    image_accuracy,
+    read_scene,
+    read_scenes,
+)
+from seedfast.data.files import (
+    IMAGE_EXTENSIONS,
+    DatasetError,
+    ImageCaptionFiles,
+    TarImageCaptions,
+    decode_image,
+    open_image_captions,
+)
+from seedfast.data.preprocess import CLIP_IMAGE_SIZE, CLIP_MEAN, CLIP_STD, clip_preprocess
+from seedfast.data.procedural import SPLIT_STREAMS, ProceduralConfig, ProceduralDataset, sample_layout
+from seedfast.data.render import PlacedObject, SceneLayout, render_layouts
+from seedfast.data.samples import Batch, Sample, collate, iter_batches
+from seedfast.data.scene import (
+    COLOURS,
+    PALETTE,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    ObjectAttributes,
+    Scene,
+    make_caption,
+    parse_caption,
+)
+
+__all__ = [
+    "CLIP_IMAGE_SIZE",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "COLOURS",
+    "IMAGE_EXTENSIONS",
+    "PALETTE",
+    "POSITIONS",
+    "SHAPES",
+    "SIZES",
+    "SPLIT_STREAMS",
+    "Batch",
+    "DatasetError",
+    "ImageCaptionFiles",
+    "ObjectAttributes",
+    "PlacedObject",
+    "ProceduralConfig",
+    "ProceduralDataset",
+    "Sample",
+    "Scene",
+    "SceneLayout",
+    "TarImageCaptions",
+    "attribute_accuracy",
+    "caption_accuracy",
+    "checker_accuracy",
+    "clip_preprocess",
+    "collate",
+    "decode_image",
+    "degrade_images",
+    "image_accuracy",
+    "iter_batches",
+    "make_caption",
+    "open_image_captions",
+    "parse_caption",
+    "read_scene",
+    "read_scenes",
+    "render_layouts",
+    "sample_layout",
+]
