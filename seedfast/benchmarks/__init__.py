@@ -9,6 +9,7 @@ import importlib
 from types import ModuleType
 
 SUITES = {
+    "decode": "seedfast.benchmarks.decode",
     "tokenizer": "seedfast.benchmarks.tokenizer",
     "vq": "seedfast.benchmarks.vq",
 }

@@ -1,0 +1,231 @@
+"""Benchmark of SEED-LLaMA decoding against transformers, in the same process on the same weights.
+
+On CUDA: the SEED-LLaMA 8B config (Vicuna-7B + visual vocabulary) with random bf16 weights (no
+download). On CPU: the tiny config in fp32; a smoke run that claims nothing.
+
+Modes (each closure is one whole call; ``Case.params["tokens"]`` is the tokens it produces, so
+tokens/s = tokens / median time; :func:`summarize` prints them):
+
+* ``hbm-copy``: a device-to-device copy, measuring the memory bandwidth of this run (bytes =
+  read + write). Only seedfast runs it.
+* ``decode``: batch-1 greedy generation of ``new_tokens`` after a short prompt. ``bytes`` = per
+  token, every weight read once plus the valid KV cache, summed over the tokens: what a
+  bandwidth-bound decoder must move, so ``gbps / copy gbps`` is the fraction of the HBM roofline.
+* ``image-gen``: a batch of prompts ending in ``<img>`` (as SEED's ``force_boi``) sampling the
+  32 codes and ``</img>`` (temperature 1, top-p 0.5; exactly 33 tokens a row).
+* ``prefill``: one prompt of ``prompt`` tokens into the cache (logits of the last token).
+
+Implementations: ``seedfast`` (CUDA graphs on CUDA), ``seedfast-eager`` (the same without graphs:
+what the graphs buy), ``hf-static`` (``LlamaForCausalLM.generate`` with a static cache,
+compilation off) and, in :data:`HF_COMPILE` (full runs of bench/bench_decode.py), ``hf-compile``
+(the same with transformers' automatic ``torch.compile``; CUDA only). The transformers model
+shares seedfast's weight tensors (views), so both read the same bytes.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from seedfast.benchmarks.harness import Case, Impl, PeerUnavailable, RunResult
+from seedfast.generation import generate
+from seedfast.generation.kv_cache import KVCache, cache_bytes_per_token
+from seedfast.models.llama import Llama, LlamaConfig, resolve_attention, rope_table
+from seedfast.models.seed_llama import tiny_visual_vocab
+from seedfast.ops.constrained_sample import VisualVocab
+
+NAME = "decode"
+IMAGE_TOKENS = 33  # 32 codes + </img> after a forced <img>
+IMAGE_SAMPLING = dict(temperature=1.0, top_k=0, top_p=0.5)  # the official scripts' settings, top-k off
+
+
+def _setup(device: torch.device) -> tuple[str, LlamaConfig, torch.dtype, VisualVocab]:
+    if device.type == "cuda":
+        return "seed-llama-8b", LlamaConfig.seed_llama_8b(), torch.bfloat16, VisualVocab.seed_llama()
+    return "tiny", LlamaConfig.tiny(), torch.float32, tiny_visual_vocab()
+
+
+def cases(*, quick: bool, device: torch.device) -> list[Case]:
+    """Copy bandwidth, batch-1 decode, batched image generation and prefill for this device's model."""
+    name, config, dtype, _ = _setup(device)
+    dt = "bf16" if dtype == torch.bfloat16 else "fp32"
+    cuda = device.type == "cuda"
+    weights = _weight_bytes(config, dtype)
+    per_token = cache_bytes_per_token(config, dtype)
+    out = []
+    copy_mib = 2048 if cuda else 64
+    out.append(Case(NAME, "hbm-copy", {"MiB": copy_mib}, bytes=2.0 * copy_mib * 2**20, size=copy_mib))
+    prompt = 32
+    new = (64 if quick else 256) if cuda else 16
+    cache = sum(prompt + i for i in range(new)) * per_token
+    out.append(Case(NAME, "decode", {"model": name, "batch": 1, "prompt": prompt, "new_tokens": new, "dtype": dt,
+                                     "tokens": new},
+                    flops=2.0 * _matmul_params(config) * new, bytes=float(new * weights + cache), size=new))
+    for batch in ((64, 256) if cuda else (8,)):
+        prompt = 24
+        tokens = batch * IMAGE_TOKENS
+        cache = batch * sum(prompt + 1 + i for i in range(IMAGE_TOKENS)) * per_token
+        out.append(Case(NAME, "image-gen", {"model": name, "batch": batch, "prompt": prompt + 1,
+                                            "new_tokens": IMAGE_TOKENS, "dtype": dt, "tokens": tokens},
+                        flops=2.0 * _matmul_params(config) * tokens,
+                        bytes=float(IMAGE_TOKENS * weights + cache), size=tokens))
+    for prompt in ((1024, 4096) if cuda else (128,)):
+        attn = 2.0 * config.n_layers * prompt * prompt * config.n_heads * config.head_dim  # causal QKᵀ and PV
+        out.append(Case(NAME, "prefill", {"model": name, "batch": 1, "prompt": prompt, "dtype": dt, "tokens": prompt},
+                        flops=2.0 * _matmul_params(config) * prompt + attn, bytes=float(weights), size=prompt))
+    return out
+
+
+def _matmul_params(config: LlamaConfig) -> int:
+    """Weights that multiply each token (everything but the embedding table)."""
+    c = config
+    per_layer = c.dim * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim + c.n_heads * c.head_dim * c.dim
+    per_layer += 3 * c.dim * c.intermediate_size
+    return c.n_layers * per_layer + c.vocab_size * c.dim
+
+
+def _weight_bytes(config: LlamaConfig, dtype: torch.dtype) -> int:
+    """Bytes one decode step reads from the weights: every matrix and norm (one embedding row, ignored)."""
+    norms = (2 * config.n_layers + 1) * config.dim
+    return (_matmul_params(config) + norms) * torch.empty((), dtype=dtype).element_size()
+
+
+@functools.cache
+def _models(device_str: str) -> tuple[Llama, object]:
+    """seedfast's model with random weights, and a transformers model on the same tensors (cached per run)."""
+    device = torch.device(device_str)
+    _, config, dtype, _ = _setup(device)
+    with torch.device("meta"):
+        model = Llama(config).to(dtype)
+    model.to_empty(device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=g)
+    return model.eval(), _hf_view(model)
+
+
+def _hf_view(model: Llama):
+    """A transformers ``LlamaForCausalLM`` whose parameters are views of ``model`` 's (no copy)."""
+    from transformers import LlamaConfig as HFLlamaConfig
+    from transformers import LlamaForCausalLM
+
+    cfg = HFLlamaConfig(**model.config.to_hf_dict(), pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(cfg)
+    hf.load_state_dict(model.hf_state_dict(), strict=True, assign=True)
+    with torch.device(model.device):
+        hf.model.rotary_emb = type(hf.model.rotary_emb)(cfg)  # its buffers are not in the state dict
+    return hf.eval()
+
+
+def _prompts(case: Case, vocab: VisualVocab, *, force_image: bool) -> list[list[int]]:
+    p = case.params
+    g = torch.Generator().manual_seed(1)
+    length = p["prompt"] - 1 if force_image else p["prompt"]
+    rows = [[1] + torch.randint(3, vocab.text_vocab_size, (length - 1,), generator=g).tolist()
+            for _ in range(p["batch"])]
+    return [r + [vocab.boi_id] for r in rows] if force_image else rows
+
+
+def _build_seedfast(graphs: bool):
+    def build(case: Case, device: torch.device):
+        model, _ = _models(str(device))
+        _, _, _, vocab = _setup(device)
+        use_graphs = graphs and device.type == "cuda"
+        if case.mode == "hbm-copy":
+            if not graphs:
+                raise PeerUnavailable("the copy-bandwidth case is seedfast's only")
+            src = torch.empty(case.params["MiB"] * 2**20, dtype=torch.uint8, device=device)
+            dst = torch.empty_like(src)
+            return lambda: dst.copy_(src)
+        if case.mode == "prefill":
+            if not graphs:
+                raise PeerUnavailable("prefill is never graph-captured: it is the seedfast row")
+            return _prefill_closure(model, case, device, vocab)
+        image = case.mode == "image-gen"
+        prompts = _prompts(case, vocab, force_image=image)
+        sampling = IMAGE_SAMPLING if image else dict(temperature=0.0)
+
+        def run():
+            return generate(model, prompts, vocab=vocab, max_new_tokens=case.params["new_tokens"], ignore_eos=True,
+                            use_cuda_graphs=use_graphs, **sampling)
+        return run
+    return build
+
+
+def _prefill_closure(model: Llama, case: Case, device: torch.device, vocab: VisualVocab):
+    p = case.params["prompt"]
+    cache = KVCache.allocate(model.config, 1, p, dtype=model.dtype, device=device)
+    rope = rope_table(model.config, p, device)
+    tokens = torch.randint(3, vocab.text_vocab_size, (1, p), device=device)
+    attention = resolve_attention("auto", device, model.dtype)
+
+    def run():
+        with torch.no_grad():
+            return model.prefill(tokens, [p], cache, rope, attention=attention)
+    return run
+
+
+def _build_hf(compiled: bool):
+    def build(case: Case, device: torch.device):
+        if case.mode == "hbm-copy":
+            raise PeerUnavailable("the copy-bandwidth case is seedfast's only")
+        if compiled and device.type != "cuda":
+            raise PeerUnavailable("transformers compiles generate only on CUDA")
+        model, hf = _models(str(device))
+        _, _, _, vocab = _setup(device)
+        if case.mode == "prefill":
+            if compiled:
+                raise PeerUnavailable("transformers compiles generate, not a bare forward")
+            tokens = torch.randint(3, vocab.text_vocab_size, (1, case.params["prompt"]), device=device)
+
+            def forward():
+                with torch.no_grad():
+                    return hf(input_ids=tokens, logits_to_keep=1, use_cache=True).logits
+            return forward
+        image = case.mode == "image-gen"
+        prompts = _prompts(case, vocab, force_image=image)
+        ids = torch.tensor(prompts, device=device)  # same lengths in every case: no padding
+        new = case.params["new_tokens"]
+        sampling = dict(do_sample=True, **IMAGE_SAMPLING) if image else dict(do_sample=False)
+
+        def run():
+            with torch.no_grad():
+                return hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                                   min_new_tokens=new, cache_implementation="static", disable_compile=not compiled,
+                                   pad_token_id=0, **sampling)
+        return run
+    return build
+
+
+def summarize(result: RunResult) -> list[str]:
+    """Tokens/s per case and implementation, and batch-1 decode as a fraction of the HBM roofline
+    (its bytes/s over the copy bandwidth measured in the same run)."""
+    ms = [m for m in result.measurements if m.op == NAME]
+    copy = next((m for m in ms if m.mode == "hbm-copy" and m.gbps), None)
+    lines = []
+    if copy:
+        lines.append(f"decode: copy bandwidth {copy.gbps:.0f} GB/s (read + write)")
+    for m in ms:
+        if m.mode == "hbm-copy" or m.error or not m.median_ms:
+            continue
+        rate = m.case["tokens"] / (m.median_ms / 1e3)
+        line = f"decode: {m.mode} {' '.join(f'{k}={v}' for k, v in m.case.items())} · {m.impl}: {rate:,.1f} tokens/s"
+        if m.mode == "decode" and copy and m.gbps:
+            line += f", {100 * m.gbps / copy.gbps:.1f}% of the HBM roofline"
+        lines.append(line)
+    return lines
+
+
+HF_COMPILE = Impl("hf-compile", _build_hf(compiled=True))
+# hf-compile compiles the 7B model for each batch shape (minutes): bench/bench_decode.py adds it
+# to full runs; the default list (``seedfast bench --op decode``) leaves it out.
+impls = [
+    Impl("seedfast", _build_seedfast(graphs=True), ours=True),
+    Impl("seedfast-eager", _build_seedfast(graphs=False)),
+    Impl("hf-static", _build_hf(compiled=False)),
+]

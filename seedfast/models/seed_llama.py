@@ -1,0 +1,377 @@
+"""SEED-LLaMA glue: the text tokenizer with visual tokens, prompt templates, image blocks in and out.
+
+An image in a prompt is ``<img>`` + its 32 code ids (code ``k`` → ``vocab.first_code_id + k``) +
+``</img>``, spliced in as ids: the codes never round-trip through ``"<img_%05d>"`` strings and a
+slow tokenizer (spec §13 item 10). A string prompt is tokenized once with an empty
+``<img></img>`` pair where each image goes (both are added tokens, so the text around them
+tokenizes exactly as in the official scripts, which write the code strings in between), and the
+codes are spliced between each pair.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seedfast.models.llama import Llama
+from seedfast.ops.constrained_sample import VisualVocab
+
+IMAGE_PLACEHOLDER = "<image>"
+BOI_TOKEN, EOI_TOKEN = "<img>", "</img>"
+
+
+def code_token(k: int) -> str:
+    """The tokenizer string of visual code ``k``: ``<img_00042>``."""
+    return f"<img_{k:05d}>"
+
+
+def tiny_visual_vocab() -> VisualVocab:
+    """The layout of :meth:`seedfast.models.llama.LlamaConfig.tiny` (322 ids).
+
+    256 text ids (eos = 2), 64 codes, ``<img>`` = 320, ``</img>`` = 321; 32 codes per image as in SEED.
+    """
+    return VisualVocab(text_vocab_size=256, first_code_id=256, num_codes=64, boi_id=320, eoi_id=321, eos_id=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt templates (spec §11.3)
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How turns become a prompt string (before tokenization; the bos string comes first).
+
+    Attributes
+    ----------
+    name : str
+    user : str
+        A user turn, with ``{text}``.
+    assistant : str
+        A finished assistant turn, with ``{text}``.
+    generation : str
+        What ends the prompt so the assistant speaks next.
+    """
+
+    name: str
+    user: str
+    assistant: str
+    generation: str
+
+    def render(self, turns: str | Sequence[str]) -> str:
+        """One question, or alternating user / assistant turns ending with a user turn.
+
+        Raises
+        ------
+        ValueError
+            An even number of turns (the last one must be the user's).
+        """
+        turns = [turns] if isinstance(turns, str) else list(turns)
+        if len(turns) % 2 != 1:
+            raise ValueError(f"PromptTemplate.render: turns must alternate user/assistant and end with a user turn "
+                             f"(an odd count), got {len(turns)}")
+        parts = [(self.user if i % 2 == 0 else self.assistant).format(text=t) for i, t in enumerate(turns)]
+        return "".join(parts) + self.generation
+
+
+# SEED-LLaMA 8B (Vicuna): "<s>USER: {img}{question}\nASSISTANT:"; multi-turn "ROLE: text\n" per message.
+VICUNA = PromptTemplate("vicuna", user="USER: {text}\n", assistant="ASSISTANT: {text}\n", generation="ASSISTANT:")
+# SEED-LLaMA 14B (LLaMA-2 chat): "<s>[INST] {img}{question} [/INST]\n"; then "assistant\n" per turn.
+LLAMA2_CHAT = PromptTemplate("llama2", user="[INST] {text} [/INST]\n", assistant="{text}\n", generation="")
+TEMPLATES = {t.name: t for t in (VICUNA, LLAMA2_CHAT)}
+
+
+def get_template(template: PromptTemplate | str | None) -> PromptTemplate | None:
+    """A template by name (``"vicuna"``, ``"llama2"``), as given, or None (prompts used verbatim)."""
+    if template is None or isinstance(template, PromptTemplate):
+        return template
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {sorted(TEMPLATES)} or a PromptTemplate, got {template!r}")
+    return TEMPLATES[template]
+
+
+# ---------------------------------------------------------------------------------------------
+# Image blocks as ids
+
+
+def _codes_list(codes: Sequence[int] | torch.Tensor, vocab: VisualVocab, what: str) -> list[int]:
+    values = codes.tolist() if isinstance(codes, torch.Tensor) else [int(c) for c in codes]
+    if len(values) != vocab.codes_per_image or not all(0 <= c < vocab.num_codes for c in values):
+        raise ValueError(f"{what} must be {vocab.codes_per_image} codes in [0, {vocab.num_codes}), got {values}")
+    return values
+
+
+def image_block(codes: Sequence[int] | torch.Tensor, vocab: VisualVocab) -> list[int]:
+    """``<img>`` + code ids + ``</img>`` for one image's codes.
+
+    Raises
+    ------
+    ValueError
+        Not ``vocab.codes_per_image`` codes in ``[0, vocab.num_codes)``.
+    """
+    values = _codes_list(codes, vocab, "image_block: codes")
+    return [vocab.boi_id, *(vocab.first_code_id + c for c in values), vocab.eoi_id]
+
+
+def count_image_slots(ids: Sequence[int], vocab: VisualVocab) -> int:
+    """How many empty ``<img></img>`` pairs (image slots) ``ids`` holds."""
+    return sum(1 for a, b in zip(ids, ids[1:]) if a == vocab.boi_id and b == vocab.eoi_id)
+
+
+def fill_image_slots(ids: Sequence[int], image_codes: Sequence[Sequence[int] | torch.Tensor],
+                     vocab: VisualVocab) -> list[int]:
+    """Put each image's codes into the next empty ``<img></img>`` pair of ``ids``.
+
+    Raises
+    ------
+    ValueError
+        The number of slots differs from the number of images, or bad codes.
+    """
+    slots = count_image_slots(ids, vocab)
+    if slots != len(image_codes):
+        raise ValueError(f"the prompt has {slots} image slot(s) (empty <img></img> pairs) but {len(image_codes)} "
+                         f"image(s) were given")
+    out: list[int] = []
+    images = iter(image_codes)
+    i = 0
+    while i < len(ids):
+        out.append(int(ids[i]))
+        if ids[i] == vocab.boi_id and i + 1 < len(ids) and ids[i + 1] == vocab.eoi_id:
+            out.extend(vocab.first_code_id + c for c in _codes_list(next(images), vocab, "image codes"))
+        i += 1
+    return out
+
+
+def open_image_position(ids: Sequence[int], vocab: VisualVocab) -> int:
+    """The sampler's ``image_pos`` after ``ids``: ``-1`` in text, ``k`` after ``<img>`` and ``k`` codes.
+
+    Raises
+    ------
+    ValueError
+        An ``<img>`` followed by more codes than an image holds, or by a non-code id.
+    """
+    pos = -1
+    for t in ids:
+        if pos < 0:
+            pos = 0 if t == vocab.boi_id else -1
+        elif t == vocab.eoi_id and pos == vocab.codes_per_image:
+            pos = -1
+        elif vocab.first_code_id <= t < vocab.first_code_id + vocab.num_codes and pos < vocab.codes_per_image:
+            pos += 1
+        else:
+            raise ValueError(f"prompt breaks the image grammar at id {t}: an image is <img>, "
+                             f"{vocab.codes_per_image} codes, </img>")
+    return pos
+
+
+@dataclass
+class GeneratedParts:
+    """Generated ids split at images.
+
+    Attributes
+    ----------
+    text_ids : list of list of int
+        Text around the images, ``len(image_codes) + 1`` segments.
+    image_codes : list of list of int
+        Codes (``0 .. num_codes - 1``) of each complete image, ``codes_per_image`` each.
+    """
+
+    text_ids: list[list[int]]
+    image_codes: list[list[int]]
+
+
+def split_generated(ids: Sequence[int], vocab: VisualVocab, open_codes: Sequence[int] | None = None) -> GeneratedParts:
+    """Split generated ids into text segments and images.
+
+    Parameters
+    ----------
+    ids : sequence of int
+        Generated ids.
+    open_codes : sequence of int, optional
+        When the prompt ended inside an image (after ``<img>`` and these codes), the image the
+        generation completes.
+
+    A final eos is dropped; an image cut short (only possible when a row stopped on a sampler
+    error) is dropped.
+    """
+    ids = list(ids)
+    if ids and ids[-1] == vocab.eos_id:
+        ids = ids[:-1]
+    text: list[list[int]] = [[]]
+    images: list[list[int]] = []
+    current = None if open_codes is None else list(open_codes)
+    for t in ids:
+        t = int(t)
+        if current is None:
+            if t == vocab.boi_id:
+                current = []
+            else:
+                text[-1].append(t)
+        elif vocab.first_code_id <= t < vocab.first_code_id + vocab.num_codes:
+            current.append(t - vocab.first_code_id)
+        else:
+            if t == vocab.eoi_id and len(current) == vocab.codes_per_image:
+                images.append(current)
+                text.append([])
+            current = None
+    return GeneratedParts(text, images)
+
+
+# ---------------------------------------------------------------------------------------------
+# The text tokenizer
+
+
+def visual_vocab_from_tokenizer(tokenizer: Any, *, num_codes: int = 8192, codes_per_image: int = 32) -> VisualVocab:
+    """Read the visual layout a Hugging Face tokenizer actually has (``<img>``, ``</img>``, ``<img_%05d>``).
+
+    Raises
+    ------
+    ValueError
+        A visual token is missing, or the code ids are not consecutive.
+    """
+    ids = tokenizer.convert_tokens_to_ids([BOI_TOKEN, EOI_TOKEN, *(code_token(k) for k in range(num_codes))])
+    unk = tokenizer.unk_token_id
+    names = [BOI_TOKEN, EOI_TOKEN, code_token(0)]
+    for name, i in zip(names, ids):
+        if i is None or i == unk:
+            raise ValueError(f"tokenizer has no {name} token")
+    first = ids[2]
+    for k, i in enumerate(ids[2:]):
+        if i != first + k:
+            raise ValueError(f"tokenizer's code ids are not consecutive: {code_token(k)} is {i}, expected {first + k}")
+    return VisualVocab(text_vocab_size=min(ids[0], ids[1], first), first_code_id=first, num_codes=num_codes,
+                       boi_id=ids[0], eoi_id=ids[1], eos_id=tokenizer.eos_token_id, codes_per_image=codes_per_image)
+
+
+def check_tokenizer_layout(tokenizer: Any, vocab: VisualVocab) -> None:
+    """Check that ``tokenizer`` maps ``<img>``, ``</img>``, every ``<img_%05d>`` and eos where ``vocab`` says.
+
+    Raises
+    ------
+    ValueError
+        The first disagreement, naming the token, the tokenizer's id and the layout's id.
+    """
+    names = [BOI_TOKEN, EOI_TOKEN, *(code_token(k) for k in range(vocab.num_codes))]
+    expected = [vocab.boi_id, vocab.eoi_id, *range(vocab.first_code_id, vocab.first_code_id + vocab.num_codes)]
+    got = tokenizer.convert_tokens_to_ids(names)
+    for name, want, have in zip(names, expected, got):
+        if have != want:
+            raise ValueError(f"tokenizer maps {name} to id {have} but the visual vocab layout says {want}; "
+                             "build the layout with visual_vocab_from_tokenizer(tokenizer) if the tokenizer is right")
+    if tokenizer.eos_token_id != vocab.eos_id:
+        raise ValueError(f"tokenizer's eos id is {tokenizer.eos_token_id} but the visual vocab layout says "
+                         f"{vocab.eos_id}")
+
+
+class SeedLlamaTokenizer:
+    """A Hugging Face LLaMA tokenizer with SEED's visual tokens, checked against a :class:`VisualVocab`.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+        With ``<img>``, ``</img>`` and ``<img_00000>`` … as added tokens.
+    vocab : VisualVocab, optional
+        Default :meth:`VisualVocab.seed_llama`.
+
+    Raises
+    ------
+    ValueError
+        The tokenizer disagrees with the layout (:func:`check_tokenizer_layout`).
+    """
+
+    def __init__(self, tokenizer: Any, vocab: VisualVocab | None = None):
+        self.tokenizer = tokenizer
+        self.vocab = VisualVocab.seed_llama() if vocab is None else vocab
+        check_tokenizer_layout(tokenizer, self.vocab)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, vocab: VisualVocab | None = None) -> SeedLlamaTokenizer:
+        """Load a tokenizer directory (``transformers.AutoTokenizer``)."""
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(str(path)), vocab)
+
+    @property
+    def bos_token(self) -> str:
+        return self.tokenizer.bos_token
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    def encode(self, text: str, image_codes: Sequence[Sequence[int] | torch.Tensor] = ()) -> list[int]:
+        """Prompt ids: the bos string + ``text`` tokenized as the official scripts do, images spliced in.
+
+        Each ``<image>`` in ``text`` is replaced, in order, by the next image's block.
+
+        Raises
+        ------
+        ValueError
+            The number of ``<image>`` placeholders differs from the number of images.
+        """
+        n = text.count(IMAGE_PLACEHOLDER)
+        if n != len(image_codes):
+            raise ValueError(f"prompt has {n} {IMAGE_PLACEHOLDER} placeholder(s) but {len(image_codes)} image(s)")
+        rendered = self.bos_token + text.replace(IMAGE_PLACEHOLDER, BOI_TOKEN + EOI_TOKEN)
+        ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        return fill_image_slots(ids, list(image_codes), self.vocab)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids`` without special tokens."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def load_seed_llama(model_path: str | Path, tokenizer_path: str | Path | None = None, *,
+                    vocab: VisualVocab | None = None, dtype: torch.dtype | None = None,
+                    device: torch.device | str = "cpu") -> tuple[Llama, SeedLlamaTokenizer | None]:
+    """A SEED-LLaMA checkpoint directory (HF ``LlamaForCausalLM``) and, optionally, its tokenizer.
+
+    Parameters
+    ----------
+    model_path : path
+        ``AILab-CVC/seed-llama-{8b,14b}-{pretrain,sft}`` or any HF LLaMA directory.
+    tokenizer_path : path, optional
+        A tokenizer directory with the visual tokens (``AILab-CVC/seed-tokenizer-2``; its
+        sentencepiece ``tokenizer.model`` needs the ``sentencepiece`` package to load).
+    vocab : VisualVocab, optional
+        Default :meth:`VisualVocab.seed_llama`.
+    dtype, device
+        As :meth:`Llama.from_hf`.
+
+    Raises
+    ------
+    ValueError
+        The tokenizer disagrees with the layout, or has more ids than the model.
+    """
+    model = Llama.from_hf(model_path, dtype=dtype, device=device)
+    if tokenizer_path is None:
+        return model, None
+    tokenizer = SeedLlamaTokenizer.from_pretrained(tokenizer_path, vocab)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} ids but the model only {model.config.vocab_size}")
+    return model, tokenizer
+
+
+__all__ = [
+    "BOI_TOKEN",
+    "EOI_TOKEN",
+    "GeneratedParts",
+    "IMAGE_PLACEHOLDER",
+    "LLAMA2_CHAT",
+    "PromptTemplate",
+    "SeedLlamaTokenizer",
+    "TEMPLATES",
+    "VICUNA",
+    "check_tokenizer_layout",
+    "code_token",
+    "count_image_slots",
+    "fill_image_slots",
+    "get_template",
+    "image_block",
+    "load_seed_llama",
+    "open_image_position",
+    "split_generated",
+    "tiny_visual_vocab",
+    "visual_vocab_from_tokenizer",
+]

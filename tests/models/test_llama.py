@@ -1,0 +1,304 @@
+"""The LLaMA decoder against transformers' LlamaForCausalLM (same random weights, fp32, CPU),
+its static-cache paths against full recomputation, and checkpoint loading by HF key names."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from seedfast.generation.kv_cache import KVCache, cache_bytes_per_token
+from seedfast.models.llama import (
+    Llama,
+    LlamaConfig,
+    RopeScaling,
+    parameter_count,
+    resolve_attention,
+    rope_table,
+)
+from tests.accuracy import assert_within_baseline
+from tests.generation.tiny import one_thread, random_hf_llama, tiny_pair  # noqa: F401 (one_thread: fixture)
+
+TOL = 1e-4
+TINY = LlamaConfig.tiny()
+CONFIGS = {
+    "gqa": TINY,
+    "mha-linear-rope": dataclasses.replace(TINY, n_kv_heads=4, rope_scaling=RopeScaling("linear", 2.0)),
+    "llama3-rope-tied": dataclasses.replace(TINY, n_kv_heads=1, rope_theta=500000.0, tie_word_embeddings=True,
+                                            rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 64)),
+}
+
+
+def _prompts(lengths, vocab_size=256, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab_size, (n,), generator=g).tolist() for n in lengths]
+
+
+def _padded(prompts, pad=0):
+    out = torch.full((len(prompts), max(map(len, prompts))), pad, dtype=torch.int64)
+    for b, p in enumerate(prompts):
+        out[b, : len(p)] = torch.tensor(p)
+    return out
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_prefill_and_every_decode_step_match_transformers(name):
+    config = CONFIGS[name]
+    model, hf = tiny_pair(config, seed=3)
+    lengths = [5, 17, 9]
+    prompts = _prompts(lengths)
+    cache = KVCache.allocate(config, 4, 64, dtype=torch.float32, device="cpu")
+    rope = rope_table(config, 64, "cpu")
+    steps = 6
+    new = _prompts([steps] * 3, seed=2)
+    with torch.no_grad():
+        full = model(_padded(prompts))
+        hf_full = hf(_padded(prompts)).logits
+        assert (full - hf_full).abs().max() < TOL  # right padding: every real position is exact
+        logits = model.prefill(_padded(prompts), lengths, cache, rope)
+        assert cache.lengths[:3].tolist() == lengths
+        seqs = [list(p) for p in prompts]
+        for t in range(steps + 1):
+            for b, seq in enumerate(seqs):
+                ref = hf(torch.tensor([seq])).logits[0, -1]
+                err = (logits[b] - ref).abs().max().item()
+                assert err < TOL, f"{name}: row {b} step {t}: max |Δlogit| = {err:.2e}"
+            if t == steps:
+                break
+            tokens = torch.tensor([new[b][t] for b in range(3)])
+            logits = model.decode(tokens, cache, rope, seq_len=32)
+            cache.lengths[:3] += 1
+            for b, seq in enumerate(seqs):
+                seq.append(int(tokens[b]))
+
+
+def test_static_cache_decode_equals_full_recomputation():
+    model, _ = tiny_pair(seed=4)
+    config = model.config
+    lengths = [3, 30, 12, 1]
+    prompts = _prompts(lengths, seed=5)
+    cache = KVCache.allocate(config, 4, 300, dtype=torch.float32, device="cpu")
+    # Stale, finite garbage past every row's length must not matter (it is masked).
+    g = torch.Generator().manual_seed(0)
+    cache.k.copy_(torch.randn(cache.k.shape, generator=g) * 100)
+    cache.v.copy_(torch.randn(cache.v.shape, generator=g) * 100)
+    rope = rope_table(config, 300, "cpu")
+    seqs = [list(p) for p in prompts]
+    with torch.no_grad():
+        logits = model.prefill(_padded(prompts, pad=7), lengths, cache, rope)
+        for step in range(8):
+            tokens = logits.argmax(-1)
+            for b in range(4):
+                seqs[b].append(int(tokens[b]))
+            # The attended window varies (the whole cache, or a bucket just past the longest row).
+            seq_len = None if step % 2 else int(cache.lengths.max()) + 1
+            logits = model.decode(tokens, cache, rope, seq_len=seq_len)
+            cache.lengths += 1
+            for b in range(4):
+                ref = model(torch.tensor([seqs[b]]))[0, -1]
+                assert (logits[b] - ref).abs().max() < TOL, (step, b)
+    assert cache.lengths.tolist() == [n + 8 for n in lengths]
+
+
+def test_forward_matches_transformers_on_every_position():
+    model, hf = tiny_pair(seed=6)
+    x = torch.tensor(_prompts([40, 40], seed=7))
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max() < TOL
+
+
+def test_from_hf_loads_safetensors_shards_and_bin(tmp_path):
+    model, hf = tiny_pair(seed=8)
+    x = torch.tensor(_prompts([12], seed=9))
+    with torch.no_grad():
+        ref = hf(x).logits
+    sharded = tmp_path / "sharded"
+    hf.save_pretrained(sharded, max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    loaded = Llama.from_hf(sharded)
+    assert loaded.config == model.config and loaded.dtype == torch.float32
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    (binary / "config.json").write_text((sharded / "config.json").read_text())
+    state = {k: v.clone() for k, v in hf.state_dict().items()}
+    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)  # old checkpoints: ignored
+    torch.save(state, binary / "pytorch_model.bin")
+    from_bin = Llama.from_hf(binary, dtype=torch.float64)
+    assert from_bin.dtype == torch.float64
+    with torch.no_grad():
+        assert (loaded(x) - ref).abs().max() < TOL
+        assert (from_bin(x).float() - ref).abs().max() < TOL
+
+
+def test_from_hf_names_missing_unexpected_and_misshaped_keys():
+    _, hf = tiny_pair(seed=10)
+    config = TINY
+    state = dict(hf.state_dict())
+    del state["model.layers.1.mlp.up_proj.weight"]
+    state["model.layers.1.mlp.extra.weight"] = torch.zeros(3)
+    with pytest.raises(ValueError) as info:
+        Llama.from_hf(state, config)
+    msg = str(info.value)
+    assert "1 missing key(s): model.layers.1.mlp.up_proj.weight" in msg
+    assert "1 unexpected key(s): model.layers.1.mlp.extra.weight" in msg
+
+    state = dict(hf.state_dict())
+    state["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(64, 64)
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.k_proj\.weight must have shape \(32, 64\) "
+                                         r"for this config, got \(64, 64\)"):
+        Llama.from_hf(state, config)
+    with pytest.raises(ValueError, match="config is required"):
+        Llama.from_hf(dict(hf.state_dict()))
+    with pytest.raises(ValueError, match="missing key"):  # a deeper config does not load silently
+        Llama.from_hf(dict(hf.state_dict()), dataclasses.replace(config, n_layers=3))
+
+
+def test_from_hf_directory_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        Llama.from_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(TINY.to_hf_dict()))
+    with pytest.raises(FileNotFoundError, match="no model"):
+        Llama.from_hf(tmp_path)
+
+
+def test_hf_state_dict_is_views_that_load_into_transformers():
+    model, _ = tiny_pair(seed=11)
+    hf = random_hf_llama(model.config, seed=99)
+    hf.load_state_dict(model.hf_state_dict(), assign=True)
+    wqkv = model.layers[0].attention.wqkv.weight
+    assert hf.model.layers[0].self_attn.k_proj.weight.data_ptr() == wqkv[64:96].data_ptr()
+    x = torch.tensor(_prompts([10], seed=12))
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max() < TOL
+
+
+def test_seed_llama_configs_match_transformers_parameter_counts():
+    from transformers import LlamaConfig as HFLlamaConfig
+    from transformers import LlamaForCausalLM
+
+    for config, billions in ((LlamaConfig.seed_llama_8b(), 6.8), (LlamaConfig.seed_llama_14b(), 13.1)):
+        assert config.vocab_size == 32000 + 8192 + 2
+        with torch.device("meta"):
+            hf = LlamaForCausalLM(HFLlamaConfig(**config.to_hf_dict()))
+            ours = Llama(config)
+        n = sum(p.numel() for p in hf.parameters())
+        assert sum(p.numel() for p in ours.parameters()) == n == parameter_count(config)
+        assert abs(n / 1e9 - billions) < 0.05
+        assert LlamaConfig.from_hf_dict(hf.config.to_dict()) == config
+    assert LlamaConfig.from_name("seed-llama-14b").norm_eps == 1e-5
+    assert LlamaConfig.seed_llama_8b().max_seq_len == 2048
+    assert cache_bytes_per_token(LlamaConfig.seed_llama_8b(), torch.bfloat16) == 2 * 32 * 4096 * 2
+
+
+def test_config_parsing_of_transformers_4_files():
+    old = {"vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "intermediate_size": 96, "rms_norm_eps": 1e-5, "rope_theta": 5000.0,
+           "rope_scaling": {"type": "linear", "factor": 4.0}, "max_position_embeddings": 128}
+    config = LlamaConfig.from_hf_dict(old)
+    assert config.rope_theta == 5000.0 and config.rope_scaling == RopeScaling("linear", 4.0)
+    assert config.n_kv_heads == 4 and config.head_dim == 16
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"hidden_act": "gelu"}, "hidden_act must be 'silu'"),
+    ({"attention_bias": True}, "attention_bias must be False"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}, "rope type 'yarn' is not supported"),
+])
+def test_unsupported_hf_configs_are_named(change, words):
+    with pytest.raises(ValueError, match=words):
+        LlamaConfig.from_hf_dict({**TINY.to_hf_dict(), **change})
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(n_heads=4, n_kv_heads=3), "multiple of n_kv_heads"),
+    (dict(dim=66, n_heads=4), "not a multiple of n_heads"),
+    (dict(n_layers=0), "n_layers must be >= 1"),
+    (dict(head_dim=7), "head_dim must be even"),
+])
+def test_bad_configs_raise(kwargs, words):
+    base = dict(vocab_size=10, dim=64, n_layers=1, n_heads=4, intermediate_size=8)
+    with pytest.raises(ValueError, match=words):
+        LlamaConfig(**{**base, **kwargs})
+    with pytest.raises(ValueError, match="name must be one of"):
+        LlamaConfig.from_name("gpt2")
+
+
+def test_bad_model_inputs_raise_clear_errors():
+    model, _ = tiny_pair(seed=13)
+    cache = KVCache.allocate(model.config, 2, 16, dtype=torch.float32, device="cpu")
+    rope = rope_table(model.config, 16, "cpu")
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 322\), got ids from 0 to 400"):
+        model(torch.tensor([[0, 400]]))
+    with pytest.raises(TypeError, match="tokens must be int64"):
+        model(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"lengths must be 2 ints in \[1, 4\]"):
+        model.prefill(torch.zeros(2, 4, dtype=torch.long), [4, 5], cache, rope)
+    with pytest.raises(ValueError, match="does not fit a cache of 2 rows × 16 positions"):
+        model.prefill(torch.zeros(3, 4, dtype=torch.long), [4, 4, 4], cache, rope)
+    with pytest.raises(ValueError, match="attention must be 'sdpa' or 'flash'"):
+        model.prefill(torch.zeros(2, 4, dtype=torch.long), [4, 4], cache, rope, attention="xformers")
+    with pytest.raises(ValueError, match="rope table covers 8 positions"):
+        model.prefill(torch.zeros(2, 10, dtype=torch.long), [4, 4], cache, rope_table(model.config, 8, "cpu"))
+    with pytest.raises(ValueError, match="batch_size and max_seq_len must be >= 1"):
+        KVCache.allocate(model.config, 0, 16, dtype=torch.float32, device="cpu")
+
+
+def test_attention_backend_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_attention("auto", cpu, torch.bfloat16) == "sdpa"
+    with pytest.raises(ValueError, match="attention='flash' needs the flash-attn package"):
+        resolve_attention("flash", cpu, torch.float16)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        resolve_attention("eager", cpu, torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_cached_paths_are_as_accurate_as_a_full_pass(dtype):
+    """Prefill/decode in half precision against an fp32 oracle: at most twice the error of a
+    plain half-precision forward over the same tokens (the flash-attn test rule)."""
+    model32, _ = tiny_pair(seed=14)
+    model32 = model32.to("cuda")
+    model = Llama.from_hf(model32.hf_state_dict(), model32.config, dtype=dtype, device="cuda")
+    lengths = [7, 33, 20]
+    prompts = _prompts(lengths, seed=15)
+    cache = KVCache.allocate(model.config, 3, 256, dtype=dtype, device="cuda")
+    rope = rope_table(model.config, 256, "cuda")
+    with torch.no_grad():
+        logits = model.prefill(_padded(prompts).cuda(), lengths, cache, rope)
+        seqs = [list(p) for p in prompts]
+        for _ in range(4):
+            for b in range(3):
+                x = torch.tensor([seqs[b]], device="cuda")
+                assert_within_baseline(logits[b], model(x)[0, -1], model32(x)[0, -1], floor=1e-3, what="logits")
+            tokens = logits.argmax(-1)
+            for b in range(3):
+                seqs[b].append(int(tokens[b]))
+            logits = model.decode(tokens, cache, rope, seq_len=64)
+            cache.lengths += 1
+
+
+@pytest.mark.gpu
+def test_flash_attention_paths_are_as_accurate_as_sdpa():
+    pytest.importorskip("flash_attn")
+    model32, _ = tiny_pair(seed=16)
+    model32 = model32.to("cuda")
+    model = Llama.from_hf(model32.hf_state_dict(), model32.config, dtype=torch.bfloat16, device="cuda")
+    lengths = [7, 33, 20]
+    prompts = _padded(_prompts(lengths, seed=17)).cuda()
+
+    def run(m, attention, next_tokens=None):
+        cache = KVCache.allocate(m.config, 3, 256, dtype=m.dtype, device="cuda")
+        rope = rope_table(m.config, 256, "cuda")
+        with torch.no_grad():
+            first = m.prefill(prompts, lengths, cache, rope, attention=attention)
+            tokens = first.argmax(-1) if next_tokens is None else next_tokens
+            second = m.decode(tokens, cache, rope, attention=attention)
+        return first, second, tokens
+
+    oracle_first, oracle_second, tokens = run(model32, "sdpa")
+    sdpa_first, sdpa_second, _ = run(model, "sdpa", tokens)
+    flash_first, flash_second, _ = run(model, "flash", tokens)
+    assert_within_baseline(flash_first, sdpa_first, oracle_first, floor=1e-3, what="prefill logits")
+    assert_within_baseline(flash_second, sdpa_second, oracle_second, floor=1e-3, what="decode logits")
