@@ -12,7 +12,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("benchmarks", "data", "generation", "models", "nn", "ops", "train")
+_SUBPACKAGES = ("benchmarks", "data", "generation", "integrations", "models", "nn", "ops", "train")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,7 @@
 """What every op shares: backend resolution and input validation with clear messages."""
 from __future__ import annotations
 
-import functools
+import importlib.util
 import os
 from collections.abc import Iterable
 
@@ -16,14 +16,13 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.cache
+# Looked up once, without importing triton: a constant that torch.compile traces for free.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    """Whether ``import triton`` works (it is a Linux-only dependency)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the triton package is installed (it is a Linux-only dependency)."""
+    return _TRITON_INSTALLED
 
 
 def resolve_backend(op: str, backend: str, device: torch.device, *, has_cuda: bool = False) -> str:

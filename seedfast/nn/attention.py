@@ -1,0 +1,171 @@
+"""``QFormerAttention``: multi-head self- or cross-attention over :func:`seedfast.ops.qformer_attention`.
+
+The attention block of a BLIP-2-style Q-Former without its residual and LayerNorm: q/k/v
+projections, heads, the op with its index-computed mask (``causal``, ``kv_lens``), and the
+output projection. SEED's Causal Q-Former uses it three ways (spec §4): causal self-attention
+among the 32 queries, cross-attention from the queries to the image tokens (keys of width 1408
+projected to 768), and bidirectional self-attention with padded text (``kv_lens``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seedfast.ops import qformer_attention
+from seedfast.ops._common import BACKENDS
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class QFormerAttention(nn.Module):
+    """Multi-head attention with ``causal`` / key-length masks computed from indices.
+
+    Parameters
+    ----------
+    dim : int
+        Width of the queries and of the output (SEED: 768).
+    num_heads : int
+        Number of heads; must divide ``dim`` (SEED: 12, head dim 64).
+    kv_dim : int or None
+        Width of the keys/values input for cross-attention (SEED's image tokens: 1408).
+        ``None``: ``dim``.
+    causal : bool
+        Default of ``forward``'s ``causal``: query ``i`` sees keys ``j <= i`` (top-left aligned).
+    bias : bool
+        Biases on the four projections (BERT/BLIP-2: True).
+    backend : {"auto", "triton", "torch"}
+        Passed to :func:`seedfast.ops.qformer_attention`; may be changed by assigning
+        ``module.backend``.
+    device, dtype
+        Of the projections.
+
+    Attributes
+    ----------
+    q_proj : nn.Linear ``dim → dim``
+    k_proj, v_proj : nn.Linear ``kv_dim → dim``
+    out_proj : nn.Linear ``dim → dim``
+
+    Raises
+    ------
+    TypeError
+        ``dim``, ``num_heads`` or ``kv_dim`` is not an int.
+    ValueError
+        A size below 1, ``num_heads`` does not divide ``dim``, or an unknown ``backend``.
+
+    Notes
+    -----
+    There is no attention-probability dropout (the op has none); a query row that sees no key
+    outputs ``out_proj``'s bias (the op returns zeros for it, where softmax would give NaN).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        kv_dim: int | None = None,
+        causal: bool = False,
+        bias: bool = True,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        sizes = {"dim": dim, "num_heads": num_heads}
+        if kv_dim is not None:
+            sizes["kv_dim"] = kv_dim
+        for arg, value in sizes.items():
+            if not _is_int(value):
+                raise TypeError(f"{name}: {arg} must be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name}: {arg} must be >= 1, got {value}")
+        if backend not in BACKENDS:
+            raise ValueError(f"{name}: backend must be one of {BACKENDS}, got {backend!r}")
+        if dim % num_heads:
+            raise ValueError(f"{name}: num_heads ({num_heads}) must divide dim ({dim})")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.kv_dim = dim if kv_dim is None else kv_dim
+        self.causal = bool(causal)
+        self.backend = backend
+        factory = {"device": device, "dtype": dtype}
+        self.q_proj = nn.Linear(dim, dim, bias=bias, **factory)
+        self.k_proj = nn.Linear(self.kv_dim, dim, bias=bias, **factory)
+        self.v_proj = nn.Linear(self.kv_dim, dim, bias=bias, **factory)
+        self.out_proj = nn.Linear(dim, dim, bias=bias, **factory)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        kv_lens: torch.Tensor | None = None,
+        causal: bool | None = None,
+    ) -> torch.Tensor:
+        """Attend from ``x`` to ``context`` (cross-attention) or to ``x`` itself.
+
+        Parameters
+        ----------
+        x : Tensor ``[B, Lq, dim]``, floating
+            The queries' input (SEED: the 32 query tokens).
+        context : Tensor ``[B, Lk, kv_dim]``, optional
+            The keys/values' input for cross-attention; ``None`` for self-attention.
+        kv_lens : Tensor ``[B]``, integer, optional
+            Keys at index ``>= kv_lens[b]`` are masked (padding); clamped to ``[0, Lk]``.
+        causal : bool, optional
+            Overrides the constructor's ``causal`` for this call.
+
+        Returns
+        -------
+        Tensor ``[B, Lq, dim]``, dtype of the projections' output.
+
+        Raises
+        ------
+        TypeError
+            ``x`` or ``context`` is not a tensor.
+        ValueError
+            ``x`` or ``context`` is not 3-D with the expected width, or batch sizes differ
+            (the op raises for ``kv_lens`` of the wrong shape or dtype).
+        """
+        name = type(self).__name__
+        _check_input(name, "x", x, self.dim)
+        source = x
+        if context is not None:
+            _check_input(name, "context", context, self.kv_dim)
+            if context.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"{name}: context batch ({context.shape[0]}) must equal x's batch ({x.shape[0]})"
+                )
+            source = context
+        elif self.kv_dim != self.dim:
+            raise ValueError(f"{name}: built for cross-attention (kv_dim={self.kv_dim}); pass context")
+        b, lq, _ = x.shape
+        lk = source.shape[1]
+        q = self.q_proj(x).view(b, lq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(source).view(b, lk, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(source).view(b, lk, self.num_heads, self.head_dim).transpose(1, 2)
+        out = qformer_attention(
+            q, k, v, causal=self.causal if causal is None else causal, kv_lens=kv_lens, backend=self.backend
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(b, lq, self.dim))
+
+    def extra_repr(self) -> str:
+        parts = [f"dim={self.dim}", f"num_heads={self.num_heads}"]
+        if self.kv_dim != self.dim:
+            parts.append(f"kv_dim={self.kv_dim}")
+        if self.causal:
+            parts.append("causal=True")
+        if self.backend != "auto":
+            parts.append(f"backend={self.backend!r}")
+        return ", ".join(parts)
+
+
+def _check_input(name: str, arg: str, value: object, width: int) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() != 3 or value.shape[-1] != width:
+        raise ValueError(f"{name}: {arg} must have shape [B, L, {width}], got {tuple(value.shape)}")

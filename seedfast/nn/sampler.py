@@ -1,0 +1,248 @@
+"""``ConstrainedSampler``: stateful, graph-friendly sampling under a span grammar.
+
+The grammar is the one of :func:`seedfast.ops.constrained_sample`: a span of exactly N tokens
+from a contiguous sub-vocabulary, opened and closed by two marker tokens, anywhere in free
+text. A :class:`~seedfast.ops.VisualVocab` describes the layout. SEED-LLaMA's images are one
+instance (``<img>`` + 32 of 8192 codes + ``</img>``, :meth:`VisualVocab.seed_llama`); discrete
+audio or video tokens are others, e.g.
+``VisualVocab(text_vocab_size=32000, first_code_id=32000, num_codes=4096, boi_id=36096,
+eoi_id=36097, eos_id=2, codes_per_image=75)`` for 75 audio codes between ``<audio>`` and
+``</audio>``.
+
+The sampler keeps each row's position in the grammar, the random seeds and a step offset in
+buffers and updates them in place, so a decode step that calls it can be captured in a CUDA
+graph (or compiled with ``fullgraph=True``) and replayed with fresh randomness.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from seedfast.ops import VisualVocab, constrained_sample
+from seedfast.ops._common import BACKENDS
+
+
+def image_positions(input_ids: torch.Tensor, vocab: VisualVocab) -> torch.Tensor:
+    """Each row's position in the span grammar after reading ``input_ids``.
+
+    ``-1`` when the row is in text (no opening marker, or the last one is closed), else the
+    number of tokens after the last opening marker (``>= N`` means the closing marker is due).
+    Computed on device from the whole row, with no host synchronisation, so it is right for
+    any prompt and for rows that beam search reorders.
+
+    Parameters
+    ----------
+    input_ids : Tensor ``[B, L]``, integer
+        Token ids (left padding is fine: pad tokens are text).
+    vocab : VisualVocab
+        Gives ``boi_id`` and ``eoi_id``.
+
+    Returns
+    -------
+    Tensor ``[B]``, int32
+
+    Raises
+    ------
+    TypeError
+        ``input_ids`` is not an integer tensor, or ``vocab`` not a VisualVocab.
+    ValueError
+        ``input_ids`` is not 2-D.
+    """
+    if not isinstance(vocab, VisualVocab):
+        raise TypeError(f"image_positions: vocab must be a VisualVocab, got {type(vocab).__name__}")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.is_complex():
+        got = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise TypeError(f"image_positions: input_ids must be an integer tensor, got {got}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"image_positions: input_ids must have shape [B, L], got {tuple(input_ids.shape)}")
+    b, length = input_ids.shape
+    if length == 0:
+        return torch.full((b,), -1, dtype=torch.int32, device=input_ids.device)
+    # 1-based positions, so 0 stands for "no such marker".
+    index = torch.arange(1, length + 1, device=input_ids.device)
+    last_open = torch.where(input_ids == vocab.boi_id, index, 0).amax(1)
+    last_close = torch.where(input_ids == vocab.eoi_id, index, 0).amax(1)
+    inside = last_open > last_close
+    return torch.where(inside, length - last_open, -1).to(torch.int32)
+
+
+def _per_row_buffer(name: str, value: object, b: int, dtype: torch.dtype, device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if value.dim() > 1 or (value.dim() == 1 and value.shape[0] not in (1, b)):
+            raise ValueError(f"ConstrainedSampler: {name} must be a scalar or a [batch_size] = [{b}] tensor, "
+                             f"got shape {tuple(value.shape)}")
+        if not dtype.is_floating_point and value.is_floating_point():
+            raise TypeError(f"ConstrainedSampler: {name} must be an integer tensor, got {value.dtype}")
+        return value.detach().to(device=device, dtype=dtype).reshape(-1).expand(b).clone()
+    return torch.full((b,), value, dtype=dtype, device=device)
+
+
+class ConstrainedSampler(nn.Module):
+    """Samples one token per row under the span grammar, tracking state across calls.
+
+    Parameters
+    ----------
+    vocab : VisualVocab
+        The id layout: text ids, the contiguous span sub-vocabulary, the markers, eos and N.
+    batch_size : int
+        B, fixed (the buffers are static, as a CUDA graph needs).
+    temperature : float or Tensor ``[B]``
+        ``0`` is greedy. Default 1.
+    top_k : int or Tensor ``[B]``
+        ``<= 0`` switches top-k off (default).
+    top_p : float or Tensor ``[B]``
+        In (0, 1]; ``1`` switches top-p off (default).
+    seed : int or Tensor ``[B]``
+        Random seed per row (one int serves all rows: the op mixes in the row index).
+    check : bool or None
+        Raise on rows whose allowed logits are NaN/+inf or all −inf. ``None``: raise except
+        while capturing a CUDA graph or compiling (each check is one host synchronisation;
+        pass ``False`` for a sync-free decode loop and read :attr:`error_flags` instead).
+    backend : {"auto", "triton", "cuda", "torch"}
+        Passed to :func:`seedfast.ops.constrained_sample`.
+    device
+        Of the state buffers (and so of the logits).
+
+    Attributes
+    ----------
+    image_pos : Tensor ``[B]``, int32 buffer
+        ``-1`` in text, ``k`` after the opening marker and ``k`` span tokens.
+    seed, offset : Tensor ``[B]``, int64 buffers
+        The random stream; ``offset`` grows by one per call.
+    temperature, top_p : Tensor ``[B]``, float32 buffers; top_k : Tensor ``[B]``, int64 buffer
+        May be changed in place (``sampler.temperature.fill_(0.7)``) between graph replays.
+    error_flags : Tensor ``[B]``, int32 buffer
+        Bitwise OR of the op's flags since :meth:`reset` (``FLAG_NON_FINITE``,
+        ``FLAG_NOTHING_ALLOWED``); a flagged row emitted eos.
+
+    Raises
+    ------
+    TypeError
+        ``vocab`` is not a VisualVocab, ``batch_size``/``top_k``/``seed`` not an int (or tensor).
+    ValueError
+        ``batch_size`` below 1, ``temperature`` negative or not finite, ``top_p`` outside
+        (0, 1], a per-row tensor of the wrong shape, or an unknown ``backend``.
+    """
+
+    def __init__(
+        self,
+        vocab: VisualVocab,
+        batch_size: int,
+        *,
+        temperature: float | torch.Tensor = 1.0,
+        top_k: int | torch.Tensor = 0,
+        top_p: float | torch.Tensor = 1.0,
+        seed: int | torch.Tensor = 0,
+        check: bool | None = None,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(vocab, VisualVocab):
+            raise TypeError(f"{name}: vocab must be a VisualVocab, got {type(vocab).__name__}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool):
+            raise TypeError(f"{name}: batch_size must be an int, got {type(batch_size).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"{name}: batch_size must be >= 1, got {batch_size}")
+        if not isinstance(temperature, torch.Tensor) and not (
+            isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0
+        ):
+            raise ValueError(f"{name}: temperature must be a finite number >= 0, got {temperature!r}")
+        if not isinstance(top_p, torch.Tensor) and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+            raise ValueError(f"{name}: top_p must be in (0, 1], got {top_p!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"{name}: backend must be one of {BACKENDS}, got {backend!r}")
+        for arg, value in (("top_k", top_k), ("seed", seed)):
+            if not isinstance(value, torch.Tensor) and (not isinstance(value, int) or isinstance(value, bool)):
+                raise TypeError(f"{name}: {arg} must be an int or an integer tensor, got {type(value).__name__}")
+        self.vocab = vocab
+        self.batch_size = batch_size
+        self.check = check
+        self.backend = backend
+        b = batch_size
+        self.register_buffer("image_pos", torch.full((b,), -1, dtype=torch.int32, device=device))
+        self.register_buffer("offset", torch.zeros(b, dtype=torch.int64, device=device))
+        self.register_buffer("error_flags", torch.zeros(b, dtype=torch.int32, device=device))
+        self.register_buffer("seed", _per_row_buffer("seed", seed, b, torch.int64, device))
+        self.register_buffer("temperature", _per_row_buffer("temperature", temperature, b, torch.float32, device))
+        self.register_buffer("top_k", _per_row_buffer("top_k", top_k, b, torch.int64, device))
+        self.register_buffer("top_p", _per_row_buffer("top_p", top_p, b, torch.float32, device))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sample the next token of every row and advance the state in place.
+
+        Parameters
+        ----------
+        logits : Tensor ``[B, V]``, float32/float16/bfloat16 (float64 on the torch backend)
+            ``V >= vocab.min_vocab_size``; on the buffers' device.
+
+        Returns
+        -------
+        Tensor ``[B]``, int64
+            The tokens. ``image_pos`` and ``error_flags`` are updated and ``offset`` grows by 1.
+
+        Raises
+        ------
+        TypeError
+            ``logits`` is not a floating tensor.
+        ValueError
+            ``logits`` is not ``[batch_size, V]`` with a large enough ``V``, is on another
+            device, or (with ``check``) rows whose allowed logits are NaN/+inf or all −inf.
+        """
+        name = type(self).__name__
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"{name}: logits must be a torch.Tensor, got {type(logits).__name__}")
+        if logits.dim() != 2 or logits.shape[0] != self.batch_size:
+            raise ValueError(f"{name}: logits must have shape [batch_size, V] = [{self.batch_size}, V], "
+                             f"got {tuple(logits.shape)}")
+        tokens, next_pos, flags = constrained_sample(
+            logits, self.image_pos, vocab=self.vocab,
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+            seed=self.seed, offset=self.offset, check=self.check, return_flags=True, backend=self.backend,
+        )
+        self.image_pos.copy_(next_pos)
+        self.error_flags.bitwise_or_(flags)
+        self.offset.add_(1)
+        return tokens
+
+    @torch.no_grad()
+    def reset(self, prompt_ids: torch.Tensor | None = None, *, seed: int | torch.Tensor | None = None) -> None:
+        """Start new sequences: state from ``prompt_ids`` (or text), offset and flags zeroed.
+
+        Parameters
+        ----------
+        prompt_ids : Tensor ``[B, L]``, integer, optional
+            The prompts about to be continued; a prompt ending in the opening marker (or inside
+            a span) starts the rows inside a span. ``None``: every row starts in text.
+        seed : int or Tensor ``[B]``, optional
+            New seeds; unchanged when ``None``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``prompt_ids`` is not an integer ``[batch_size, L]`` tensor, or ``seed`` is not an
+            int or a ``[batch_size]`` integer tensor.
+        """
+        if prompt_ids is None:
+            self.image_pos.fill_(-1)
+        else:
+            pos = image_positions(prompt_ids, self.vocab)
+            if pos.shape[0] != self.batch_size:
+                raise ValueError(f"{type(self).__name__}.reset: prompt_ids must have batch_size = "
+                                 f"{self.batch_size} rows, got {tuple(prompt_ids.shape)}")
+            self.image_pos.copy_(pos)
+        if seed is not None:
+            if not isinstance(seed, torch.Tensor) and (not isinstance(seed, int) or isinstance(seed, bool)):
+                raise TypeError(f"{type(self).__name__}.reset: seed must be an int or an integer tensor, "
+                                f"got {type(seed).__name__}")
+            self.seed.copy_(_per_row_buffer("seed", seed, self.batch_size, torch.int64, self.seed.device))
+        self.offset.zero_()
+        self.error_flags.zero_()
+
+    def extra_repr(self) -> str:
+        v = self.vocab
+        return (f"batch_size={self.batch_size}, span=[{v.boi_id}] + {v.codes_per_image} × "
+                f"[{v.first_code_id}, {v.first_code_id + v.num_codes}) + [{v.eoi_id}]")
