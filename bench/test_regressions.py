@@ -19,3 +19,11 @@ def test_vq(benchmark, mode):
     result = benchmark(run)
     if mode == "codes":
         assert result.shape == (64, 32) and result.dtype == torch.int64
+
+
+def test_sampling(benchmark):
+    from seedfast.benchmarks import sampling as sampling_suite
+
+    case = Case("sampling", "sample", {"B": 64, "V": 40194, "dtype": "fp32"})
+    tokens = benchmark(sampling_suite._build_seedfast("auto")(case, DEVICE))
+    assert tokens is not None

@@ -10,6 +10,7 @@ from types import ModuleType
 
 SUITES = {
     "decode": "seedfast.benchmarks.decode",
+    "sampling": "seedfast.benchmarks.sampling",
     "tokenizer": "seedfast.benchmarks.tokenizer",
     "vq": "seedfast.benchmarks.vq",
 }

@@ -8,25 +8,39 @@ rules, applied before temperature / top-k / top-p:
 * image (``0 <= pos < N``): only codes (``pos → pos + 1``);
 * end of image (``pos >= N``): ``</img>`` is forced whatever the logits (``pos → -1``).
 
-Filters, per row, after the grammar mask and the temperature:
+Filters, per row, on the allowed tokens with a finite logit (``-inf`` ones are never drawn):
 
-* ``temperature <= 0``: greedy, the allowed argmax (ties → lowest id).
+* ``temperature <= 0`` (or NaN): greedy, the allowed argmax (ties → lowest id).
+* weights ``w = exp((x - max) / t)`` with ``x`` the logit in float32 (float64 for float64 logits).
 * top-k (``top_k > 0``): keep token ``i`` iff fewer than ``top_k`` allowed tokens have a
   strictly larger logit. Ties at the boundary are all kept, so more than ``k`` may survive.
 * top-p (``top_p < 1``, on the top-k-renormalised distribution): keep token ``i`` iff the
-  probability mass of tokens strictly more probable than ``i`` is below ``top_p``: the
-  smallest most-probable set reaching ``top_p``, with ties at the boundary all kept. The most
-  probable token(s) are always kept, so ``top_p <= 0`` acts as greedy over ties.
+  weight of the top-k tokens with a strictly larger logit (so strictly more probable) is below
+  ``top_p`` times their total weight: the smallest most-probable set reaching ``top_p``, with
+  ties at the boundary all kept. The most probable token(s) are always kept, so ``top_p <= 0``
+  acts as greedy over ties.
+
+Both filters are defined by the order of the logits, so the kept set depends on floating point
+only through the mass comparison of top-p. No implementation sorts the vocabulary except the
+torch reference; the kernels find the same thresholds by counting (see
+``seedfast.kernels.constrained_sample``).
 
 Randomness: one uniform ``u`` per row from a counter-based hash of ``(seed[b], offset[b], b)``
-(:func:`row_uniform`), inverse-CDF sampling over the kept tokens in id order. Seeds and offsets
-are tensors, so a captured CUDA graph replays with new randomness when the offset tensor is
-advanced in place; the same seed and offset give the same token on every backend.
+(:func:`row_uniform`), inverse-CDF sampling over the kept tokens in id order: the first token
+whose cumulative weight exceeds ``u`` times the total (the last token with weight if rounding
+leaves nothing above). Seeds and offsets are tensors, so a captured CUDA graph replays with new
+randomness when the offset tensor is advanced in place; the same seed and offset draw the same
+``u`` on every backend, and the same token unless a float sum lands within rounding of a
+boundary.
 
 Errors: an allowed logit that is NaN or +inf, or a row with no allowed finite logit, makes the
 row emit ``eos`` with ``pos → -1`` and sets its flag (``FLAG_NON_FINITE``, ``FLAG_NOTHING_ALLOWED``).
 Forced ``</img>`` rows never error. ``check=True`` (the default outside CUDA-graph capture and
 ``torch.compile`` tracing) raises a ``ValueError`` naming the rows.
+
+Backends: ``"torch"`` (the reference below), ``"triton"`` (the fused kernel; CPU tensors only
+under ``TRITON_INTERPRET=1``), ``"cuda"`` (the CUDA C++ twin in ``csrc/``, JIT-built on first
+use) and ``"auto"`` (Triton on CUDA tensors, the reference elsewhere).
 """
 from __future__ import annotations
 
@@ -43,6 +57,7 @@ FLAG_NOTHING_ALLOWED = 2
 SEED_LLAMA_TEXT_VOCAB = 32000
 SEED_LLAMA_NUM_CODES = 8192
 CODES_PER_IMAGE = 32
+_FLT_MAX = torch.finfo(torch.float32).max
 
 
 @dataclass(frozen=True)
@@ -170,11 +185,22 @@ def constrained_sample_reference(
     offset: torch.Tensor,
     vocab: VisualVocab,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plain-torch sampler (softmax → sort → cumsum → inverse CDF): the oracle and the CPU path.
+    """Plain-torch sampler (mask → sort by logit → cumsum → inverse CDF): the oracle and the CPU path.
 
-    Takes per-row tensors (``temperature``, ``top_p`` float ``[B]``; ``top_k``, ``seed``,
-    ``offset`` int64 ``[B]``); :func:`constrained_sample` broadcasts scalars to those. Returns
-    ``(tokens int64 [B], next_image_pos int32 [B], flags int32 [B])``.
+    Parameters
+    ----------
+    logits : Tensor ``[B, V]``, floating
+    image_pos : Tensor ``[B]``, integer
+    temperature, top_p : Tensor ``[B]``, float32
+    top_k, seed, offset : Tensor ``[B]``, int64
+        :func:`constrained_sample` broadcasts scalars to these.
+    vocab : VisualVocab
+
+    Returns
+    -------
+    tokens : Tensor ``[B]``, int64
+    next_image_pos : Tensor ``[B]``, int32
+    flags : Tensor ``[B]``, int32
     """
     b, v = logits.shape
     dev = logits.device
@@ -186,45 +212,45 @@ def constrained_sample_reference(
     text_ok, code_ok = grammar_masks(vocab, v, dev)
     allowed = torch.where(in_text[:, None], text_ok, code_ok)
 
-    non_finite = ((torch.isnan(x) | (x == math.inf)) & allowed).any(1)
-    masked = x.masked_fill(~allowed, -math.inf)
-    row_max = masked.max(1, keepdim=True).values if v else x.new_full((b, 1), -math.inf)
-    nothing = (row_max[:, 0] == -math.inf) & ~non_finite
-    error = (non_finite | nothing) & ~forced
-    flags = (non_finite & ~forced).to(torch.int32) * FLAG_NON_FINITE + (nothing & ~forced).to(torch.int32) * FLAG_NOTHING_ALLOWED
+    live = allowed & torch.isfinite(x)
+    non_finite = ((torch.isnan(x) | (x == math.inf)) & allowed).any(1) & ~forced
+    nothing = ~live.any(1) & ~non_finite & ~forced
+    error = non_finite | nothing
+    flags = non_finite.to(torch.int32) * FLAG_NON_FINITE + nothing.to(torch.int32) * FLAG_NOTHING_ALLOWED
 
-    # Error rows get a harmless finite row so the arithmetic below stays NaN-free.
-    masked = torch.where(error[:, None], torch.where(allowed, 0.0, -math.inf), masked)
-    row_max = torch.where(error[:, None], 0.0, row_max)
+    # Error and forced rows (whose token is fixed) get one live token so the arithmetic stays defined.
+    dead = (error | forced)[:, None]
+    live = torch.where(dead, torch.arange(v, device=dev) == 0, live)
+    xs = torch.where(live, torch.where(dead, 0.0, x), -math.inf)
+    row_max = xs.amax(1, keepdim=True)
 
-    greedy = temperature <= 0
-    greedy_tok = masked.argmax(1)
+    greedy = ~(temperature > 0)
+    greedy_tok = xs.argmax(1)
+    inv_t = torch.where(greedy, 1.0, temperature.float()).reciprocal().clamp(max=_FLT_MAX).to(acc)
+    w = torch.where(live, torch.exp((xs - row_max) * inv_t[:, None]), 0.0)
 
-    temp = torch.where(greedy, 1.0, temperature).to(acc)[:, None]
-    scaled = (masked - row_max) / temp
-    sorted_vals, _ = scaled.sort(1, descending=True)
+    # Top-k and top-p by logit order (probabilities follow it): a descending sort of the logits.
+    sorted_x, order = xs.sort(1, descending=True)
+    sorted_w = w.gather(1, order)
     k = top_k.clamp(max=v)
-    kth = sorted_vals.gather(1, (k - 1).clamp(min=0)[:, None])
-    keep = allowed & ((k[:, None] <= 0) | (scaled >= kth))
-    probs = torch.where(keep, scaled.exp(), 0.0)
-    probs = probs / probs.sum(1, keepdim=True)
-
-    sorted_p, _ = probs.sort(1, descending=True)
-    mass_above = sorted_p.cumsum(1) - sorted_p
-    inside = mass_above < top_p.to(acc)[:, None]
+    kth = sorted_x.gather(1, (k - 1).clamp(min=0)[:, None])
+    k_off = (k <= 0)[:, None]
+    keep = live & (k_off | (xs >= kth))
+    sorted_w = torch.where(k_off | (sorted_x >= kth), sorted_w, 0.0)
+    z = sorted_w.sum(1, keepdim=True)
+    mass_above = torch.cat([sorted_w.new_zeros(b, 1), sorted_w.cumsum(1)[:, :-1]], 1)
+    inside = mass_above < top_p.to(acc)[:, None] * z
     inside[:, 0] = True
-    last_inside = inside.sum(1, keepdim=True) - 1
-    threshold = sorted_p.gather(1, last_inside)
-    keep = keep & ((top_p[:, None] >= 1) | (probs >= threshold))
-    final = torch.where(keep, probs, 0.0)
+    threshold = sorted_x.gather(1, inside.sum(1, keepdim=True) - 1)
+    keep = keep & ((top_p >= 1)[:, None] | (xs >= threshold))
 
+    final = torch.where(keep, w, 0.0)
     cdf = final.cumsum(1)
     u = row_uniform(seed, offset, torch.arange(b, device=dev)).to(acc)
-    target = u[:, None] * cdf[:, -1:]
-    drawn = torch.searchsorted(cdf, target, right=True)[:, 0]
-    # Rounding can put the target at the very top of the CDF: take the last kept id then.
-    last_kept = v - 1 - keep.flip(1).to(torch.int8).argmax(1)
-    drawn = torch.minimum(drawn, last_kept)
+    drawn = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    # Rounding can put the target at the very top of the CDF: take the last token with weight then.
+    last_weighted = v - 1 - (final > 0).flip(1).to(torch.int8).argmax(1)
+    drawn = torch.where(drawn < v, drawn, last_weighted)
 
     tokens = torch.where(greedy, greedy_tok, drawn)
     tokens = torch.where(error, vocab.eos_id, tokens)
@@ -232,6 +258,59 @@ def constrained_sample_reference(
     next_pos = torch.where(in_text & (tokens == vocab.boi_id), 0, -1)
     next_pos = torch.where(~in_text & ~forced & ~error, pos + 1, next_pos)
     return tokens.to(torch.int64), next_pos.to(torch.int32), flags
+
+
+# ---------------------------------------------------------------------------------------------
+# The Triton and CUDA paths as opaque custom ops, so torch.compile and CUDA graphs see one node.
+
+
+def _layout(vocab: VisualVocab) -> list[int]:
+    return [vocab.text_vocab_size, vocab.first_code_id, vocab.num_codes, vocab.boi_id, vocab.eoi_id,
+            vocab.eos_id, vocab.codes_per_image]
+
+
+@torch.library.custom_op("seedfast::constrained_sample", mutates_args=())
+def _constrained_sample_op(
+    logits: torch.Tensor, image_pos: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+    top_p: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, layout: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from seedfast.kernels import constrained_sample as kcs
+
+    return kcs.constrained_sample_triton(logits, image_pos, temperature, top_k, top_p, seed, offset, tuple(layout))
+
+
+@torch.library.custom_op("seedfast::constrained_sample_cuda", mutates_args=())
+def _constrained_sample_cuda_op(
+    logits: torch.Tensor, image_pos: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+    top_p: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, layout: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ext = cuda_extension()
+    tokens, next_pos, flags = ext.constrained_sample(logits, image_pos, temperature, top_k, top_p, seed, offset,
+                                                     list(layout))
+    return tokens, next_pos, flags
+
+
+def _fake(logits, image_pos, temperature, top_k, top_p, seed, offset, layout):
+    b = logits.shape[0]
+    return (logits.new_empty((b,), dtype=torch.int64), logits.new_empty((b,), dtype=torch.int32),
+            logits.new_empty((b,), dtype=torch.int32))
+
+
+_constrained_sample_op.register_fake(_fake)
+_constrained_sample_cuda_op.register_fake(_fake)
+
+
+def cuda_extension():
+    """The JIT-built CUDA C++ sampler (``csrc/constrained_sample*.{cu,cpp}``), built on first use.
+
+    Raises
+    ------
+    RuntimeError
+        CUDA is not available or the build failed (the message carries the compiler's output).
+    """
+    from seedfast.ops._cuda_ext import load_extension
+
+    return load_extension("seedfast_constrained_sample", ("constrained_sample.cu", "constrained_sample_binding.cpp"))
 
 
 def _per_row(op: str, name: str, value, b: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -335,11 +414,24 @@ def constrained_sample(
     top_p_t = _per_row(op, "top_p", top_p, b, device, torch.float32)
     seed_t = _per_row(op, "seed", seed, b, device, torch.int64)
     offset_t = _per_row(op, "offset", offset, b, device, torch.int64)
-    resolve_backend(op, backend, device)
-    tokens, next_pos, flags = constrained_sample_reference(
-        logits, image_pos, temperature=temperature_t, top_k=top_k_t, top_p=top_p_t,
-        seed=seed_t, offset=offset_t, vocab=vocab,
-    )
+    kernel_fits = logits.dtype in FLOATING
+    if backend == "auto" and not kernel_fits:
+        backend = "torch"
+    chosen = resolve_backend(op, backend, device, has_cuda=True)
+    if chosen != "torch" and not kernel_fits:
+        raise ValueError(f"{op}: backend={chosen!r} supports logits of dtype float32/float16/bfloat16, got "
+                         f"{str(logits.dtype).removeprefix('torch.')} (use backend='torch')")
+    per_row = (image_pos, temperature_t, top_k_t, top_p_t, seed_t, offset_t)
+    if chosen == "torch":
+        tokens, next_pos, flags = constrained_sample_reference(
+            logits, image_pos, temperature=temperature_t, top_k=top_k_t, top_p=top_p_t,
+            seed=seed_t, offset=offset_t, vocab=vocab,
+        )
+    else:
+        # The kernels need unit stride in V (any row stride, even 0) and a unit-stride image_pos.
+        rows = logits if logits.stride(1) == 1 else logits.contiguous()
+        custom = _constrained_sample_op if chosen == "triton" else _constrained_sample_cuda_op
+        tokens, next_pos, flags = custom(rows, image_pos.contiguous(), *per_row[1:], _layout(vocab))
     if check is None:
         check = not (torch.compiler.is_compiling()
                      or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()))

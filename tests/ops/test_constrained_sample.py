@@ -1,0 +1,752 @@
+"""constrained_sample: every backend that runs here (the torch reference and the Triton kernel,
+interpreted on CPU) against the grammar, an independent float64 oracle of the truncated
+distribution, and each other."""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from seedfast.benchmarks import sampling as sampling_suite
+from seedfast.benchmarks.harness import Case, PeerUnavailable
+from seedfast.kernels import constrained_sample as kcs
+from seedfast.ops.constrained_sample import (
+    FLAG_NON_FINITE,
+    FLAG_NOTHING_ALLOWED,
+    VisualVocab,
+    _layout,
+    constrained_sample,
+    cuda_extension,
+    grammar_masks,
+    row_uniform,
+)
+from tests.aot import aot_compile
+
+# The interpreter evaluates both sides of every tl.where in numpy, including inf - inf on lanes
+# that the kernel then discards.
+pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")]
+
+# V = 17: text 0..5 (eos 1), codes 6..13, <img> 14, </img> 15, and id 16 that nothing allows.
+SMALL = VisualVocab(text_vocab_size=6, first_code_id=6, num_codes=8, boi_id=14, eoi_id=15, eos_id=1)
+# V = 47: the markers sit between text and codes.
+MID = VisualVocab(text_vocab_size=20, first_code_id=22, num_codes=24, boi_id=20, eoi_id=21, eos_id=2)
+SEED = VisualVocab.seed_llama()
+# V = 152064 (a Qwen-sized vocabulary) with the codes at the very end.
+AT_END = VisualVocab(text_vocab_size=143870, first_code_id=143872, num_codes=8192, boi_id=143870, eoi_id=143871,
+                     eos_id=2)
+BACKENDS = ["torch", "triton"] + (["cuda"] if torch.cuda.is_available() else [])
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Oracles and checks
+
+
+def allowed_ids(vocab: VisualVocab, v: int, pos: torch.Tensor) -> torch.Tensor:
+    """``[B, V]`` bool: the ids the grammar allows each row (``</img>`` alone for forced rows)."""
+    text, codes = grammar_masks(vocab, v, pos.device)
+    allowed = torch.where((pos < 0)[:, None], text, codes)
+    forced = (pos >= vocab.codes_per_image)[:, None]
+    return torch.where(forced, torch.arange(v, device=pos.device) == vocab.eoi_id, allowed)
+
+
+def exact_distribution(logits, pos, vocab, temperature, top_k, top_p):
+    """The truncated, renormalised distribution ``[B, V]`` in float64, straight from the
+    definitions (pairwise comparisons, no sort): the oracle of the distribution tests."""
+    x = logits.double().cpu()
+    pos = pos.cpu().long()
+    b, v = x.shape
+    text, codes = grammar_masks(vocab, v, torch.device("cpu"))
+    live = torch.where((pos < 0)[:, None], text, codes) & torch.isfinite(x)
+    xs = torch.where(live, x, -math.inf)
+    m = xs.max(1, keepdim=True).values
+    w = torch.where(live, torch.exp((xs - m) / temperature), 0.0)
+    larger = xs[:, None, :] > xs[:, :, None]  # [b, i, j]: x_j > x_i
+    keep = live.clone()
+    if top_k > 0:
+        keep &= (larger & live[:, None, :]).sum(2) < top_k
+    if top_p < 1:
+        wk = torch.where(keep, w, 0.0)
+        above = (larger * wk[:, None, :]).sum(2)
+        keep &= (above < top_p * wk.sum(1, keepdim=True)) | (xs == m)
+    probs = torch.where(keep, w, 0.0)
+    return probs / probs.sum(1, keepdim=True)
+
+
+def chi2_limit(df: int, z: float = 5.0) -> float:
+    """Wilson–Hilferty upper quantile of chi-square(df) at ``z`` standard deviations (~3e-7 tail)."""
+    a = 2.0 / (9.0 * df)
+    return df * (1.0 - a + z * math.sqrt(a)) ** 3
+
+
+def chi2_fits(counts: torch.Tensor, probs: torch.Tensor) -> tuple[bool, float]:
+    """Whether counts drawn from ``probs`` pass: no draw where ``probs`` is 0 and Pearson's
+    statistic below :func:`chi2_limit`."""
+    n = counts.sum().item()
+    support = probs > 0
+    if (counts[~support] > 0).any():
+        return False, math.inf
+    expected = probs[support] * n
+    stat = ((counts[support].double() - expected) ** 2 / expected).sum().item()
+    df = int(support.sum()) - 1
+    return (stat <= chi2_limit(df)) if df > 0 else True, stat
+
+
+def assert_grammar(tokens, next_pos, flags, logits, pos, vocab):
+    """Every row: forced rows emit ``</img>``; error rows ``eos`` with the right flags; the others
+    an allowed id with a finite logit and the right next state."""
+    tokens, next_pos, flags, logits, pos = (t.cpu() for t in (tokens, next_pos, flags, logits, pos))
+    pos = pos.long()
+    b, v = logits.shape
+    assert tokens.dtype == torch.int64 and next_pos.dtype == torch.int32 and flags.dtype == torch.int32
+    assert tokens.shape == next_pos.shape == flags.shape == (b,)
+    forced = pos >= vocab.codes_per_image
+    allowed = allowed_ids(vocab, v, pos)
+    x = logits.float()
+    bad = ((torch.isnan(x) | (x == math.inf)) & allowed).any(1) & ~forced
+    none = ~(allowed & torch.isfinite(x)).any(1) & ~bad & ~forced
+    want_flags = bad.int() * FLAG_NON_FINITE + none.int() * FLAG_NOTHING_ALLOWED
+    assert torch.equal(flags, want_flags), (flags != want_flags).nonzero().flatten()[:10]
+    error = want_flags != 0
+    assert (tokens[forced] == vocab.eoi_id).all()
+    assert (tokens[error] == vocab.eos_id).all()
+    ok = ~forced & ~error
+    rows = ok.nonzero().flatten()
+    picked = tokens[rows]
+    assert ((picked >= 0) & (picked < v)).all()
+    assert allowed[rows, picked].all(), "a forbidden token was sampled"
+    assert torch.isfinite(x[rows, picked]).all(), "a token with a -inf logit was sampled"
+    want_next = torch.full((b,), -1, dtype=torch.int64)
+    want_next[ok & (pos < 0) & (tokens == vocab.boi_id)] = 0
+    want_next[ok & (pos >= 0)] = pos[ok & (pos >= 0)] + 1
+    assert torch.equal(next_pos.long(), want_next)
+
+
+def random_case(b, vocab, v, seed, *, device="cpu", dtype=torch.float32):
+    """Random rows in every grammar state with random filters, including -inf-heavy rows, rows
+    with a single finite allowed logit, rows of tied (quantised) logits and greedy rows."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, v, generator=g) * (torch.rand(b, 1, generator=g) * 4 + 0.05)
+    kind = torch.randint(0, 5, (b,), generator=g)
+    x = torch.where((kind == 1)[:, None], (x * 2).round() / 2, x)
+    x = torch.where((kind == 2)[:, None] & (torch.rand(b, v, generator=g) < 0.85), -math.inf, x)
+    pos = torch.randint(-4, vocab.codes_per_image + 3, (b,), generator=g)
+    allowed = allowed_ids(vocab, v, pos)
+    one = torch.multinomial(allowed.float(), 1, generator=g)[:, 0]
+    single = torch.where(torch.arange(v) == one[:, None], x, -math.inf)
+    x = torch.where((kind == 3)[:, None], single, x)
+    temperature = torch.where(torch.rand(b, generator=g) < 0.15, 0.0, torch.rand(b, generator=g) * 1.9 + 0.1)
+    top_k = torch.randint(-1, 10, (b,), generator=g)
+    top_p = torch.where(torch.rand(b, generator=g) < 0.3, 1.0, torch.rand(b, generator=g))
+    seed_t = torch.randint(-2**62, 2**62, (b,), generator=g)
+    offset = torch.randint(-2**40, 2**40, (b,), generator=g)
+    to = functools.partial(torch.Tensor.to, device=device)
+    return dict(logits=to(x.to(dtype)), image_pos=to(pos.int()), temperature=to(temperature), top_k=to(top_k),
+                top_p=to(top_p), seed=to(seed_t), offset=to(offset))
+
+
+def run(case, vocab, backend, **kw):
+    return constrained_sample(case["logits"], case["image_pos"], vocab=vocab, temperature=case["temperature"],
+                              top_k=case["top_k"], top_p=case["top_p"], seed=case["seed"], offset=case["offset"],
+                              return_flags=True, check=False, backend=backend, **kw)
+
+
+@functools.cache
+def fuzz_case(device):
+    return random_case(10_000, MID, 47, seed=11, device=device)
+
+
+@functools.cache
+def fuzz_result(device, backend):
+    return run(fuzz_case(device), MID, backend)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared uniform
+
+
+def test_kernel_uniform_matches_row_uniform_bit_for_bit(device):
+    g = torch.Generator().manual_seed(0)
+    n = 4096
+    seed = torch.randint(-2**63, 2**63 - 1, (n,), generator=g, dtype=torch.int64)
+    offset = torch.randint(-2**63, 2**63 - 1, (n,), generator=g, dtype=torch.int64)
+    seed[:4] = torch.tensor([0, -1, 2**63 - 1, -2**63])
+    offset[:4] = torch.tensor([-2**63, 2**63 - 1, 0, -1])
+    rows = torch.randint(0, 2**31 - 1, (n,), generator=g, dtype=torch.int64)
+    rows[:8] = torch.arange(8)
+    expected = row_uniform(seed, offset, rows)
+    got = kcs.row_uniform_triton(seed.to(device), offset.to(device), rows.to(device)).cpu()
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
+    assert (expected >= 0).all() and (expected < 1).all()
+    # 24 bits, roughly uniform: each tenth of [0, 1) holds about a tenth of the values.
+    assert (expected * 2**24 == (expected * 2**24).round()).all()
+    hist = torch.histc(expected, bins=10, min=0, max=1)
+    assert (hist - n / 10).abs().max() < 5 * math.sqrt(n / 10)
+
+
+def test_row_uniform_is_a_hash_of_seed_offset_and_row():
+    zeros = torch.zeros(3, dtype=torch.int64)
+    base = row_uniform(zeros, zeros, torch.arange(3))
+    assert len(set(base.tolist())) == 3
+    assert not torch.equal(base, row_uniform(zeros + 1, zeros, torch.arange(3)))
+    assert not torch.equal(base, row_uniform(zeros, zeros + 2**32, torch.arange(3)))  # high word of offset
+    assert not torch.equal(base, row_uniform(zeros + 2**32, zeros, torch.arange(3)))  # high word of seed
+
+
+# ---------------------------------------------------------------------------------------------
+# Grammar
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fuzz_never_samples_a_forbidden_token(backend, device):
+    case = fuzz_case(device)
+    tokens, next_pos, flags = fuzz_result(device, backend)
+    assert_grammar(tokens, next_pos, flags, case["logits"], case["image_pos"], MID)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forty_steps_from_img_give_32_codes_then_eoi(backend, device):
+    vocab, v, b = MID, 47, 64
+    g = torch.Generator().manual_seed(5)
+    pos = torch.zeros(b, dtype=torch.int32, device=device)
+    history = []
+    for step in range(40):
+        x = torch.randn(b, v, generator=g) * 3
+        # Adversarial logits: whatever the grammar forbids is by far the most likely.
+        x[:, vocab.eoi_id] += 50 * (pos.cpu() < vocab.codes_per_image)
+        x[:, vocab.first_code_id:] += 50 * (pos.cpu() < 0)[:, None]
+        x[:, :vocab.text_vocab_size] += 40 * (pos.cpu() >= 0)[:, None]
+        x[:, vocab.boi_id] += 40 * (pos.cpu() >= 0)
+        x = x.to(device)
+        temperature = [1.0, 0.0, 0.7][step % 3]
+        tokens, nxt, flags = constrained_sample(x, pos, vocab=vocab, temperature=temperature, top_k=step % 5,
+                                                top_p=0.9, seed=1, offset=step, return_flags=True, backend=backend)
+        assert_grammar(tokens, nxt, flags, x, pos, vocab)
+        history.append(tokens.cpu())
+        pos = nxt
+    history = torch.stack(history, 1)
+    codes = history[:, :32]
+    assert ((codes >= vocab.first_code_id) & (codes < vocab.first_code_id + vocab.num_codes)).all()
+    assert (history[:, 32] == vocab.eoi_id).all()
+    # Back in text after </img>: the adversarial logits push codes, which stay forbidden.
+    assert (history[:, 33] < vocab.first_code_id).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_with_one_finite_allowed_token_emit_it(backend, device):
+    vocab, v = SMALL, 17
+    pos = torch.tensor([-1, -1, 0, 5, 31], dtype=torch.int32)
+    only = torch.tensor([14, 3, 6, 13, 9])
+    x = torch.full((5, v), -math.inf)
+    x[torch.arange(5), only] = torch.tensor([-30.0, 2.0, 0.0, 1e30, -1e30])
+    x[:, 15] = 100.0  # </img> is never allowed here
+    x[:, 16] = 100.0  # an id outside every range
+    for kw in (dict(temperature=1.0), dict(temperature=0.0), dict(temperature=0.3, top_k=1, top_p=0.1)):
+        tokens, nxt = constrained_sample(x.to(device), pos.to(device), vocab=vocab, backend=backend, **kw)
+        assert torch.equal(tokens.cpu(), only)
+        assert nxt.tolist() == [0, -1, 1, 6, 32]
+
+
+# ---------------------------------------------------------------------------------------------
+# The distribution
+
+
+def _draws(logits_row, pos, vocab, n, backend, device, **kw):
+    """``n`` draws for one row (the row repeated with stride 0; rows hash to different ``u``)."""
+    v = logits_row.numel()
+    logits = logits_row.to(device).expand(n, v)
+    image_pos = torch.full((n,), pos, dtype=torch.int32, device=device)
+    tokens, _ = constrained_sample(logits, image_pos, vocab=vocab, seed=17, offset=3, backend=backend, **kw)
+    return torch.bincount(tokens.cpu(), minlength=v)
+
+
+# A text row of SMALL whose probabilities at temperature 1 are about
+# [.35 .25 .15 .12 .08 .03] on ids 0..5 and .02 on <img> (14): with top_p = 0.7 the mass above
+# id 2 is .60 (kept) and above id 3 is .75 (cut), far from the boundary either way.
+_P = torch.tensor([0.35, 0.25, 0.15, 0.12, 0.08, 0.03])
+TEXT_ROW = torch.full((17,), -4.0)
+TEXT_ROW[:6] = _P.log()
+TEXT_ROW[14] = math.log(0.02)
+TEXT_ROW[6:14] = 5.0  # codes are forbidden in text, however likely
+# An image row with a tie at the top-k boundary: k = 2 keeps the 3.0 and both 2.0s.
+IMAGE_ROW = torch.tensor([9.0] * 6 + [3.0, 2.0, 1.0, 2.0, 0.5, -1.0, 0.0, 1.5] + [9.0] * 3)
+
+DIST_CASES = {
+    "top_p": (TEXT_ROW, -1, dict(temperature=1.0, top_p=0.7)),
+    "top_k_ties": (IMAGE_ROW, 4, dict(temperature=1.0, top_k=2)),
+    "k_and_p_and_t": (IMAGE_ROW, 0, dict(temperature=0.5, top_k=5, top_p=0.8)),
+    "plain": (TEXT_ROW, -1, dict(temperature=1.3)),
+}
+
+
+@pytest.mark.parametrize("name", list(DIST_CASES))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empirical_distribution_matches_the_exact_one(backend, name, device):
+    row, pos, kw = DIST_CASES[name]
+    # The interpreter is slow: the kernel gets 2^14 draws per case, the reference 2^18.
+    n = 2**18 if backend == "torch" else 2**14
+    counts = _draws(row, pos, SMALL, n, backend, device, **kw)
+    probs = exact_distribution(row[None], torch.tensor([pos]), SMALL, kw.get("temperature", 1.0),
+                               kw.get("top_k", 0), kw.get("top_p", 1.0))[0]
+    fits, stat = chi2_fits(counts, probs)
+    assert fits, f"chi-square {stat:.1f} for counts {counts.tolist()} vs probs {probs.tolist()}"
+
+
+def test_off_by_one_boundaries_would_be_caught():
+    """The distribution test has the power to see a wrong boundary: the correct draws fail
+    against the distributions an off-by-one top-p or top-k rule would give."""
+    counts = _draws(TEXT_ROW, -1, SMALL, 2**16, "torch", "cpu", temperature=1.0, top_p=0.7)
+    exact = exact_distribution(TEXT_ROW[None], torch.tensor([-1]), SMALL, 1.0, 0, 0.7)[0]
+    assert chi2_fits(counts, exact)[0]
+    kept = exact > 0
+    assert kept.nonzero().flatten().tolist() == [0, 1, 2]
+    w = torch.zeros(17, dtype=torch.float64)
+    w[:6] = _P.double()
+    w[14] = 0.02
+    # Inclusive mass (keep iff the mass up to and including i is < top_p) drops id 2.
+    inclusive = torch.where(torch.arange(17) < 2, w, 0.0)
+    # "<=" on the next token (or a cumsum that keeps the first token reaching top_p) adds id 3.
+    one_more = torch.where(torch.arange(17) < 4, w, 0.0)
+    for wrong in (inclusive, one_more):
+        assert not chi2_fits(counts, wrong / wrong.sum())[0]
+    # Top-k with ties: keeping exactly k tokens (one of the tied 2.0s dropped) is caught too.
+    counts = _draws(IMAGE_ROW, 4, SMALL, 2**16, "torch", "cpu", temperature=1.0, top_k=2)
+    exact = exact_distribution(IMAGE_ROW[None], torch.tensor([4]), SMALL, 1.0, 2, 1.0)[0]
+    assert chi2_fits(counts, exact)[0] and (exact > 0).sum() == 3
+    exactly_k = exact.clone()
+    exactly_k[9] = 0
+    assert not chi2_fits(counts, exactly_k / exactly_k.sum())[0]
+
+
+def test_reference_matches_the_oracle_on_random_rows():
+    """Many rows, each its own distribution: the reference's tokens are distributed as the oracle
+    says (a chi-square over the probability-integral transform of each draw)."""
+    case = random_case(4000, SMALL, 17, seed=3)
+    pos = case["image_pos"].clamp(max=31)  # forced rows carry no distribution
+    # One (t, k, p) per block of rows, so the oracle's definitions apply directly.
+    t, k, p = 0.8, 3, 0.85
+    case["temperature"].fill_(t)
+    case["top_k"].fill_(k)
+    case["top_p"].fill_(p)
+    case["logits"] = case["logits"].nan_to_num(neginf=-1e4)
+    case["image_pos"] = pos
+    tokens, _, _ = run(case, SMALL, "torch")
+    probs = exact_distribution(case["logits"], pos, SMALL, t, k, p)
+    # PIT: u' = F(token - 1) + U·p(token) is uniform when tokens follow probs.
+    cdf = probs.cumsum(1)
+    below = cdf.gather(1, tokens[:, None])[:, 0] - probs.gather(1, tokens[:, None])[:, 0]
+    jitter = torch.rand(len(tokens), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    pit = below + jitter * probs.gather(1, tokens[:, None])[:, 0]
+    assert (probs.gather(1, tokens[:, None]) > 0).all()
+    hist = torch.histc(pit.float(), bins=20, min=0, max=1).double()
+    expected = len(tokens) / 20
+    assert ((hist - expected) ** 2 / expected).sum() < chi2_limit(19)
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy, determinism, agreement between backends
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_is_the_masked_argmax_with_ties_to_the_lowest_id(backend, device):
+    g = torch.Generator().manual_seed(2)
+    b, v, vocab = 2000, 47, MID
+    x = torch.randint(-3, 3, (b, v), generator=g).float()  # many ties
+    x = torch.where(torch.rand(b, v, generator=g) < 0.3, -math.inf, x)
+    pos = torch.randint(-2, 32, (b,), generator=g).int()
+    allowed = allowed_ids(vocab, v, pos.long()) & torch.isfinite(x)
+    keep = allowed.any(1)
+    x, pos, allowed = x[keep], pos[keep], allowed[keep]
+    # NaN temperature is greedy as well.
+    temperature = torch.where(torch.arange(len(x)) % 7 == 0, math.nan, 0.0)
+    tokens, _ = constrained_sample(x.to(device), pos.to(device), vocab=vocab, temperature=temperature.to(device),
+                                   top_k=3, top_p=0.5, backend=backend)
+    masked = torch.where(allowed, x, -math.inf)
+    expected = torch.stack([torch.nonzero(r == r.max())[0, 0] for r in masked])
+    assert torch.equal(tokens.cpu(), expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_seed_and_offset_same_draw_new_offset_new_draw(backend, device):
+    b = 1000
+    x = torch.zeros(b, 47, device=device)  # flat over 24 codes: draws differ often
+    pos = torch.full((b,), 3, dtype=torch.int32, device=device)
+    offset = torch.zeros(b, dtype=torch.int64, device=device)
+    first, _ = constrained_sample(x, pos, vocab=MID, seed=9, offset=offset, backend=backend)
+    again, _ = constrained_sample(x, pos, vocab=MID, seed=9, offset=offset, backend=backend)
+    assert torch.equal(first, again)
+    moved, _ = constrained_sample(x, pos, vocab=MID, seed=9, offset=offset + 1, backend=backend)
+    other_seed, _ = constrained_sample(x, pos, vocab=MID, seed=10, offset=offset, backend=backend)
+    # Two independent uniform draws over 24 codes coincide 1/24 of the time.
+    assert (moved != first).float().mean() > 0.9
+    assert (other_seed != first).float().mean() > 0.9
+    # Per-row seeds: a row's draw depends on its own seed and offset only.
+    seeds = torch.arange(b, device=device)
+    per_row, _ = constrained_sample(x, pos, vocab=MID, seed=seeds, offset=offset, backend=backend)
+    assert per_row[9].item() == first[9].item()
+
+
+def test_triton_agrees_with_the_reference(device):
+    case = fuzz_case(device)
+    ref = fuzz_result(device, "torch")
+    out = fuzz_result(device, "triton")
+    same = out[0] == ref[0]
+    # The same u and the same kept sets: only a float-rounding tie on the CDF can differ.
+    assert same.float().mean() >= 0.999, f"agreement {same.float().mean():.5f}"
+    greedy = ~(case["temperature"] > 0)
+    assert same[greedy].all()
+    assert torch.equal(out[1][same], ref[1][same]) and torch.equal(out[2], ref[2])
+
+
+@pytest.mark.parametrize("cap, pivots, refine", [(1, 1, 0), (2, 2, 1), (4, 8, 3), (8, 4, 0)])
+def test_refinement_and_fallback_paths_keep_the_same_tokens(cap, pivots, refine, device):
+    """Small candidate caps force the refinement passes and the exact whole-row fallback."""
+    case = random_case(1000, MID, 47, seed=23, device=device)
+    ref = run(case, MID, "torch")
+    out = kcs.constrained_sample_triton(
+        case["logits"], case["image_pos"], case["temperature"], case["top_k"], case["top_p"], case["seed"],
+        case["offset"], tuple(_layout(MID)), cap=cap, num_pivots=pivots, max_refine=refine)
+    same = out[0] == ref[0]
+    assert same.float().mean() >= 0.998
+    assert same[~(case["temperature"] > 0)].all()
+    assert_grammar(*out, case["logits"], case["image_pos"], MID)
+
+
+def test_gpu_tiling_one_row_per_program(device):
+    """The GPU's tiling (one row per program, rows spanning several tiles) under the interpreter,
+    with <img> on the first lane of a tile and the codes filling exactly one tile."""
+    vocab = VisualVocab(text_vocab_size=16, first_code_id=18, num_codes=16, boi_id=16, eoi_id=17, eos_id=0)
+    case = random_case(32, vocab, 34, seed=29, device=device)
+    case["logits"][:8, vocab.boi_id] = 9.0  # <img> is the argmax of some text rows
+    ref = run(case, vocab, "torch")
+    for cap, refine in ((8, 1), (2, 0)):
+        out = kcs.constrained_sample_triton(
+            case["logits"], case["image_pos"], case["temperature"], case["top_k"], case["top_p"], case["seed"],
+            case["offset"], tuple(_layout(vocab)), cap=cap, max_refine=refine, rows=1, block_v=16)
+        assert_grammar(*out, case["logits"], case["image_pos"], vocab)
+        assert torch.equal(out[0], ref[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes and dtypes
+
+
+def _big_case(vocab, v, b, device, dtype=torch.float32):
+    g = torch.Generator().manual_seed(v)
+    x = (torch.randn(b, v, generator=g) * 2.5).to(dtype).to(device)
+    pos = torch.tensor([-1, 0, 17, 31, 32, -1, 5, -1][:b], dtype=torch.int32, device=device)
+    return x, pos
+
+
+@pytest.mark.parametrize("vocab, v", [(SMALL, 17), (SEED, 40194), (AT_END, 152064)], ids=["17", "40194", "152064"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_odd_vocabulary_sizes(backend, vocab, v, device):
+    x, pos = _big_case(vocab, v, 8, device)
+    temperature = torch.tensor([1.0, 1.0, 0.0, 0.7, 1.0, 0.0, 1.0, 1.0], device=device)
+    top_k = torch.tensor([50, 50, 0, 0, 50, 0, 0, 0], device=device)
+    top_p = torch.tensor([0.9, 0.9, 1.0, 0.5, 1.0, 1.0, 1.0, 0.95], device=device)
+    out = constrained_sample(x, pos, vocab=vocab, temperature=temperature, top_k=top_k, top_p=top_p, seed=4,
+                             offset=torch.arange(8, device=device), return_flags=True, backend=backend)
+    assert_grammar(*out, x, pos, vocab)
+    ref = constrained_sample(x.cpu(), pos.cpu(), vocab=vocab, temperature=temperature.cpu(), top_k=top_k.cpu(),
+                             top_p=top_p.cpu(), seed=4, offset=torch.arange(8), backend="torch")
+    assert torch.equal(out[0].cpu(), ref[0])
+
+
+def test_vocabulary_too_small_for_the_layout():
+    with pytest.raises(ValueError, match="V=40000 ids but the vocab layout needs at least 40194"):
+        constrained_sample(torch.zeros(2, 40000), torch.zeros(2, dtype=torch.int32), vocab=SEED)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logit_dtypes(backend, dtype, device):
+    case = random_case(1000, MID, 47, seed=31, device=device, dtype=dtype)
+    out = run(case, MID, backend)
+    assert_grammar(*out, case["logits"], case["image_pos"], MID)
+    ref = run({**case, "logits": case["logits"].cpu().float()} | {k: v.cpu() for k, v in case.items()
+                                                                    if k != "logits"}, MID, "torch")
+    same = out[0].cpu() == ref[0]
+    assert same.float().mean() >= 0.998
+    assert same[~(case["temperature"].cpu() > 0)].all()
+
+
+def test_float64_logits_run_on_the_reference():
+    x = torch.randn(4, 17, dtype=torch.float64)
+    pos = torch.tensor([-1, 0, 3, 40], dtype=torch.int32)
+    tokens, _ = constrained_sample(x, pos, vocab=SMALL, temperature=0.0)
+    assert torch.equal(tokens, constrained_sample(x.float(), pos, vocab=SMALL, temperature=0.0, backend="torch")[0])
+
+
+@pytest.mark.parametrize("b", [0, 1, 1000])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_sizes(backend, b, device):
+    case = random_case(b, SMALL, 17, seed=b, device=device)
+    out = run(case, SMALL, backend)
+    assert out[0].shape == (b,) and out[0].device.type == torch.device(device).type
+    assert_grammar(*out, case["logits"], case["image_pos"], SMALL)
+    if b:
+        ref = run({k: v.cpu() for k, v in case.items()}, SMALL, "torch")
+        assert (out[0].cpu() == ref[0]).float().mean() >= 0.998
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_logits_and_scalar_tensor_arguments(backend, device):
+    wide = torch.randn(64, 60, device=device)
+    x = wide[:, 5:52]  # row stride 60
+    pos = torch.randint(-1, 33, (64,), generator=torch.Generator().manual_seed(0)).int().to(device)
+    kw = dict(vocab=MID, temperature=torch.tensor(0.8, device=device), top_k=torch.tensor([5], device=device),
+              top_p=torch.tensor(0.9, device=device), seed=torch.tensor(3, device=device),
+              offset=torch.tensor([7], dtype=torch.int32, device=device))
+    tokens, nxt = constrained_sample(x, pos, backend=backend, **kw)
+    same, _ = constrained_sample(x.contiguous(), pos, backend=backend, **kw)
+    assert torch.equal(tokens, same)
+    ref, _ = constrained_sample(x.cpu().contiguous(), pos.cpu(), backend="torch",
+                                **{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()})
+    assert (tokens.cpu() == ref).float().mean() >= 0.98
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_and_empty_rows_emit_eos_and_flags(backend, device):
+    vocab, v = SMALL, 17
+    pos = torch.tensor([-1, -1, 3, 0, -1, 40, 2, -1], dtype=torch.int32)
+    x = torch.randn(8, v)
+    x[0, 2] = math.nan  # allowed NaN
+    x[1, 14] = math.inf  # allowed +inf on <img>
+    x[2, 6:14] = -math.inf  # no allowed finite logit in an image
+    x[3, 0] = math.nan  # NaN on a forbidden id: harmless
+    x[3, 15] = math.inf  # +inf on </img>, forbidden inside an image: harmless
+    x[4, :6] = -math.inf  # text row: everything -inf but <img>, which stays finite
+    x[4, 14] = -2.0
+    x[5] = math.nan  # forced </img>: never an error
+    x[6, 6] = math.nan
+    x[6, 7:14] = -math.inf  # NaN and nothing else: the NaN flag only
+    x[7, :6] = -math.inf
+    x[7, 14] = -math.inf  # nothing allowed at all
+    x = x.to(device)
+    pos = pos.to(device)
+    tokens, nxt, flags = constrained_sample(x, pos, vocab=vocab, check=False, return_flags=True, backend=backend)
+    assert flags.tolist() == [1, 1, 2, 0, 0, 0, 1, 2]
+    assert tokens.tolist()[:3] == [1, 1, 1] and tokens[4].item() == 14 and tokens[5].item() == 15
+    assert tokens[6].item() == 1 and tokens[7].item() == 1
+    assert nxt.tolist() == [-1, -1, -1, 1, 0, -1, -1, -1]
+    with pytest.raises(ValueError) as info:
+        constrained_sample(x, pos, vocab=vocab, backend=backend)
+    message = str(info.value)
+    for row in (0, 1, 2, 6, 7):
+        assert f"row {row}:" in message
+    assert "row 3" not in message and "row 5" not in message
+    assert "NaN or +inf" in message and "no allowed token has a finite logit" in message and "eos" in message
+
+
+def test_error_message_lists_ten_rows_and_counts_the_rest():
+    x = torch.full((25, 17), math.nan)
+    with pytest.raises(ValueError, match=r"row 9: .*\(and 15 more rows\)"):
+        constrained_sample(x, torch.full((25,), -1, dtype=torch.int32), vocab=SMALL)
+
+
+def _bad(**overrides):
+    args = dict(logits=torch.randn(2, 17), image_pos=torch.tensor([-1, 0], dtype=torch.int32), vocab=SMALL)
+    args.update(overrides)
+    logits, image_pos = args.pop("logits"), args.pop("image_pos")
+    return lambda: constrained_sample(logits, image_pos, **args)
+
+
+@pytest.mark.parametrize(
+    "call, exc, words",
+    [
+        (_bad(vocab="seed"), TypeError, "vocab must be a VisualVocab"),
+        (_bad(logits=[[0.0] * 17]), TypeError, "logits must be a torch.Tensor"),
+        (_bad(logits=torch.zeros(2, 17, dtype=torch.int64)), TypeError, "logits must have dtype"),
+        (_bad(logits=torch.zeros(2, 3, 17)), ValueError, "logits must have 2 dimensions"),
+        (_bad(image_pos=torch.zeros(2)), TypeError, "image_pos must have dtype"),
+        (_bad(image_pos=torch.zeros(2, 1, dtype=torch.int32)), ValueError, "image_pos must have 1 dimensions"),
+        (_bad(image_pos=torch.zeros(3, dtype=torch.int32)), ValueError, "image_pos must have shape [B] = [2]"),
+        (_bad(image_pos=torch.zeros(2, dtype=torch.int32, device="meta")), ValueError, "one device"),
+        (_bad(logits=torch.zeros(2, 15)), ValueError, "needs at least 16"),
+        (_bad(temperature=-0.5), ValueError, "temperature must be a finite number >= 0"),
+        (_bad(temperature=math.inf), ValueError, "temperature must be a finite number >= 0"),
+        (_bad(temperature="hot"), ValueError, "temperature must be"),
+        (_bad(top_k=2.5), ValueError, "top_k must be an int"),
+        (_bad(top_k=True), ValueError, "top_k must be an int"),
+        (_bad(top_p=0.0), ValueError, "top_p must be in (0, 1]"),
+        (_bad(top_p=1.5), ValueError, "top_p must be in (0, 1]"),
+        (_bad(seed=1.5), ValueError, "seed must be an int"),
+        (_bad(offset=None), ValueError, "offset must be an int"),
+        (_bad(seed=torch.tensor([1.0, 2.0])), TypeError, "seed must be an int64 tensor"),
+        (_bad(offset=torch.zeros(2, dtype=torch.int16)), TypeError, "offset must be an int64 tensor"),
+        (_bad(top_k=torch.tensor([1.0, 2.0])), TypeError, "top_k must be an integer tensor"),
+        (_bad(temperature=torch.ones(3)), ValueError, "temperature must be a scalar or a [B] = [2] tensor"),
+        (_bad(top_p=torch.ones(2, 1)), ValueError, "top_p must be a scalar or a [B] = [2] tensor"),
+        (_bad(seed=torch.zeros(2, dtype=torch.int64, device="meta")), ValueError, "seed must be on cpu"),
+        (_bad(backend="fast"), ValueError, "backend must be one of"),
+        (_bad(backend="cuda"), ValueError, "backend='cuda' needs CUDA tensors"),
+        (_bad(logits=torch.randn(2, 17, dtype=torch.float64), backend="triton"), ValueError,
+         "supports logits of dtype float32/float16/bfloat16"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(call, exc, words):
+    with pytest.raises(exc) as info:
+        call()
+    assert words in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        (dict(text_vocab_size=0), "text_vocab_size must be >= 1"),
+        (dict(num_codes=0), "num_codes must be >= 1"),
+        (dict(codes_per_image=0), "codes_per_image must be >= 1"),
+        (dict(first_code_id=5), "overlap text ids"),
+        (dict(boi_id=3), "boi_id=3 must be outside text ids and codes"),
+        (dict(eoi_id=7), "eoi_id=7 must be outside text ids and codes"),
+        (dict(eoi_id=14), "boi_id and eoi_id must differ"),
+        (dict(eos_id=6), "eos_id=6 must be a text id"),
+    ],
+)
+def test_bad_layouts_raise_clear_errors(fields, words):
+    base = dict(text_vocab_size=6, first_code_id=6, num_codes=8, boi_id=14, eoi_id=15, eos_id=1)
+    with pytest.raises(ValueError, match=None) as info:
+        VisualVocab(**(base | fields))
+    assert words in str(info.value)
+
+
+def test_seed_llama_layout():
+    assert (SEED.text_vocab_size, SEED.first_code_id, SEED.num_codes, SEED.boi_id, SEED.eoi_id) == (
+        32000, 32000, 8192, 40192, 40193)
+    assert SEED.min_vocab_size == 40194 and AT_END.min_vocab_size == 152064
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        constrained_sample(torch.randn(2, 17), torch.zeros(2, dtype=torch.int32), vocab=SMALL, backend="triton")
+
+
+def test_auto_backend_uses_the_reference_on_cpu():
+    case = random_case(50, SMALL, 17, seed=8)
+    assert torch.equal(run(case, SMALL, "auto")[0], run(case, SMALL, "torch")[0])
+
+
+def test_cuda_extension_reports_why_it_cannot_build(monkeypatch):
+    from seedfast.ops import _cuda_ext
+
+    monkeypatch.setattr(_cuda_ext, "cuda_unavailable_reason", lambda: "no CUDA device is visible to torch")
+    _cuda_ext.load_extension.cache_clear()
+    with pytest.raises(RuntimeError, match="cannot build the CUDA extension 'x': no CUDA device"):
+        _cuda_ext.load_extension("x", ("constrained_sample.cu",))
+    with pytest.raises(RuntimeError, match="'seedfast_constrained_sample': no CUDA device.*backend='triton'"):
+        cuda_extension()
+    for name in ("constrained_sample.cu", "constrained_sample_binding.cpp"):
+        assert (_cuda_ext.csrc_dir() / name).is_file()
+    monkeypatch.setattr(_cuda_ext, "cuda_unavailable_reason", lambda: None)
+    with pytest.raises(RuntimeError, match="missing sources"):
+        _cuda_ext.load_extension("y", ("no_such_file.cu",))
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library, compile, CUDA graphs, AOT
+
+
+def test_custom_op_passes_opcheck(device):
+    case = random_case(64, SMALL, 17, seed=4, device=device)
+    args = (case["logits"], case["image_pos"], case["temperature"], case["top_k"], case["top_p"], case["seed"],
+            case["offset"], _layout(SMALL))
+    torch.library.opcheck(torch.ops.seedfast.constrained_sample.default, args)
+
+
+def test_torch_compile_fullgraph_matches_eager(device):
+    case = random_case(64, SMALL, 17, seed=6, device=device)
+    # Eager calls check for error rows (a host sync the compiled graph skips): keep the logits finite.
+    case["logits"] = torch.randn(64, 17, generator=torch.Generator().manual_seed(6)).to(device)
+
+    def step(logits, image_pos, offset):
+        tokens, nxt = constrained_sample(logits, image_pos, vocab=SMALL, temperature=0.8, top_k=4, top_p=0.9,
+                                         seed=1, offset=offset, backend="triton")
+        return tokens, nxt
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    offset = torch.zeros(64, dtype=torch.int64, device=device)
+    eager = step(case["logits"], case["image_pos"], offset)
+    graph = compiled(case["logits"], case["image_pos"], offset)
+    assert all(torch.equal(a, b) for a, b in zip(eager, graph))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_cuda_graph_replays_with_new_randomness(backend):
+    report = sampling_suite.graph_capture_check(torch.device("cuda"), backend=backend)
+    assert report["changed_fraction"] > 0.5 and report["replay_matches_eager"] and report["grammar_ok"]
+
+
+def test_graph_capture_check_needs_cuda():
+    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        sampling_suite.graph_capture_check(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("mode", ["sample", "greedy"])
+def test_benchmark_closures_run_on_cpu(mode):
+    case = Case("sampling", mode, {"B": 4, "V": 40194, "dtype": "fp32"})
+    ran = []
+    for impl in sampling_suite.impls:
+        try:
+            fn = impl.build(case, torch.device("cpu"))
+        except PeerUnavailable:
+            continue
+        out = fn()
+        tokens = out[0] if isinstance(out, tuple) else out
+        assert tokens.shape == (4,)
+        ran.append(impl.name)
+    assert {"seedfast", "torch-sort"} <= set(ran)
+    assert [c.params["B"] for c in sampling_suite.cases(quick=True, device=torch.device("cpu"))] == [1, 8]
+
+
+@pytest.mark.gpu
+def test_cuda_backend_matches_triton():
+    case = random_case(4096, SEED, 40194, seed=12, device="cuda")
+    a = run(case, SEED, "cuda")
+    b = run(case, SEED, "triton")
+    assert (a[0] == b[0]).float().mean() >= 0.999 and torch.equal(a[2], b[2])
+
+
+@pytest.mark.skipif(os.environ.get("SEEDFAST_SKIP_AOT") == "1", reason="AOT compile disabled")
+def test_kernels_compile_for_sm80_and_sm90():
+    signature = {
+        "logits_ptr": "*fp32", "pos_ptr": "*i32", "temp_ptr": "*fp32", "topk_ptr": "*i64", "topp_ptr": "*fp32",
+        "seed_ptr": "*i64", "offset_ptr": "*i64", "tokens_ptr": "*i64", "next_pos_ptr": "*i32",
+        "flags_ptr": "*i32", "cand_x_ptr": "*fp32", "cand_id_ptr": "*i32", "B": "i32", "stride_row": "i32",
+        "s_temp": "i32", "s_topk": "i32", "s_topp": "i32", "s_seed": "i32", "s_off": "i32", "text_vocab": "i32",
+        "first_code": "i32", "num_codes": "i32", "boi_id": "i32", "eoi_id": "i32", "eos_id": "i32",
+        "codes_per_image": "i32",
+    }
+    specs = []
+    # Each dtype once, across both GPU tile configurations (large and small vocabularies).
+    for dt, v in (("fp32", 40194), ("fp16", 152064), ("bf16", 1000)):
+        cfg = kcs.launch_config(256, v, None, interpret=False)  # what a GPU launch uses
+        specs.append({
+            "module": "seedfast.kernels.constrained_sample", "kernel": "_constrained_sample_kernel",
+            "signature": dict(signature, logits_ptr=f"*{dt}"),
+            "constexprs": {"ROWS": cfg["ROWS"], "BLOCK_V": cfg["BLOCK_V"], "NP": kcs.DEFAULT_NUM_PIVOTS,
+                           "MAX_REFINE": kcs.DEFAULT_MAX_REFINE, "CAP": cfg["CAP"], "CHUNK": cfg["CHUNK"]},
+            "num_warps": cfg["num_warps"],
+        })
+    specs.append({
+        "module": "seedfast.kernels.constrained_sample", "kernel": "_row_uniform_kernel",
+        "signature": {"seed_ptr": "*i64", "offset_ptr": "*i64", "rows_ptr": "*i64", "out_ptr": "*fp32", "N": "i32"},
+        "constexprs": {"BLOCK": 1024},
+    })
+    # One subprocess per spec, two at a time: each big variant takes ~10 s to compile.
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda spec: aot_compile([spec]), specs))
+    failures = [f for r in results for f in r["failures"]]
+    assert not failures, "\n".join(failures)
+    assert sum(r["compiled"] for r in results) == 2 * len(specs)
