@@ -9,6 +9,7 @@ import importlib
 from types import ModuleType
 
 SUITES = {
+    "attention": "seedfast.benchmarks.attention",
     "decode": "seedfast.benchmarks.decode",
     "sampling": "seedfast.benchmarks.sampling",
     "tokenizer": "seedfast.benchmarks.tokenizer",

@@ -15,6 +15,14 @@ where a softmax over nothing would give NaN.
 The official code adds ``-10000`` to masked scores instead of ``-inf``; the difference is
 ``exp(-10000)``, which is zero in every dtype, except for rows that see no key at all (the
 official code then averages all keys; we return zeros, as documented above).
+
+The Triton path (``seedfast.kernels.qformer_attention``) is a flash-attention kernel family
+(forward with log-sum-exp, FlashAttention-2 backward, no atomics: bitwise reproducible) that
+computes the mask from indices and reads ``kv_lens`` on the device, so nothing here waits on
+the host. It runs float32/float16/bfloat16 with ``head_dim <= 128`` and any strides (a copy
+is made only when the last dimension is not contiguous); the output takes ``q``'s layout
+when ``q`` is dense, so a ``[B, L, H, D]`` projection viewed as ``[B, H, L, D]`` gets an
+output that views back to ``[B, L, H·D]`` for free.
 """
 from __future__ import annotations
 
@@ -23,6 +31,8 @@ import math
 import torch
 
 from seedfast.ops._common import FLOATING, check_same_device, check_tensor, resolve_backend
+
+TRITON_MAX_HEAD_DIM = 128
 
 
 def attention_mask(
@@ -68,7 +78,80 @@ def qformer_attention_reference(
     return out * sees_a_key.to(out.dtype)
 
 
-def _validate(q, k, v, kv_lens, scale, backend):
+# ---------------------------------------------------------------------------------------------
+# The Triton path as opaque custom ops, so torch.compile and CUDA graphs see single nodes.
+
+
+@torch.library.custom_op("seedfast::qformer_attention_fwd", mutates_args=())
+def _attention_fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: torch.Tensor | None, causal: bool, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, lse)``: ``lse`` fp32 ``[B, H, Lq]``, natural log, ``+inf`` for rows that see no key."""
+    from seedfast.kernels import qformer_attention as kqa
+
+    return kqa.attention_forward(q, k, v, kv_lens, causal=causal, scale=scale)
+
+
+@_attention_fwd_op.register_fake
+def _(q, k, v, kv_lens, causal, scale):
+    b, h, lq, _ = q.shape
+    return torch.empty_like(q), q.new_empty((b, h, lq), dtype=torch.float32)
+
+
+@torch.library.custom_op("seedfast::qformer_attention_bwd", mutates_args=())
+def _attention_bwd_op(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    kv_lens: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` from the forward's inputs, ``out`` and ``lse``."""
+    from seedfast.kernels import qformer_attention as kqa
+
+    return kqa.attention_backward(_unit_stride_d(grad_out), q, k, v, out, lse, kv_lens, causal=causal, scale=scale)
+
+
+@_attention_bwd_op.register_fake
+def _(grad_out, q, k, v, out, lse, kv_lens, causal, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _attention_setup_context(ctx, inputs, output):
+    q, k, v, kv_lens, causal, scale = inputs
+    out, lse = output
+    # lse exists for the backward only; it has no gradient of its own.
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, out, lse, kv_lens)
+    ctx.causal = causal
+    ctx.scale = scale
+
+
+def _attention_backward(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse, kv_lens = ctx.saved_tensors
+    dq, dk, dv = _attention_bwd_op(grad_out, q, k, v, out, lse, kv_lens, ctx.causal, ctx.scale)
+    needs = ctx.needs_input_grad
+    return (dq if needs[0] else None), (dk if needs[1] else None), (dv if needs[2] else None), None, None, None
+
+
+_attention_fwd_op.register_autograd(_attention_backward, setup_context=_attention_setup_context)
+
+
+def _unit_stride_d(x: torch.Tensor) -> torch.Tensor:
+    # The kernels take any batch/head/row strides but need contiguous head dims (a stride-0
+    # gradient of a .sum(), or a transposed head dim, is copied).
+    return x if x.stride(-1) == 1 or x.shape[-1] <= 1 else x.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def _validate(q, k, v, causal, kv_lens, scale, backend):
     op = "qformer_attention"
     allowed = (*FLOATING, torch.float64)
     q = check_tensor(op, "q", q, ndim=4, dtypes=allowed)
@@ -80,6 +163,8 @@ def _validate(q, k, v, kv_lens, scale, backend):
                                dtypes=(torch.int32, torch.int64, torch.int16, torch.uint8))
         tensors["kv_lens"] = kv_lens
     device = check_same_device(op, **tensors)
+    if not isinstance(causal, bool):
+        raise TypeError(f"{op}: causal must be a bool, got {type(causal).__name__}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"{op}: q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     b, h, _, d = q.shape
@@ -96,8 +181,16 @@ def _validate(q, k, v, kv_lens, scale, backend):
         raise ValueError(f"{op}: kv_lens must have shape [B] = [{b}], got {tuple(kv_lens.shape)}")
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise ValueError(f"{op}: scale must be a finite number or None, got {scale!r}")
-    chosen = resolve_backend(op, backend, device)
-    return q, k, v, kv_lens, chosen
+    kernel_fits = q.dtype in FLOATING and d <= TRITON_MAX_HEAD_DIM
+    if backend == "auto" and not kernel_fits:
+        backend = "torch"
+    if backend == "triton" and not kernel_fits:
+        raise ValueError(
+            f"{op}: backend='triton' supports dtypes float32/float16/bfloat16 and head_dim <= "
+            f"{TRITON_MAX_HEAD_DIM}; got {str(q.dtype).removeprefix('torch.')} with head_dim={d} "
+            f"(use backend='torch')"
+        )
+    return q, k, v, kv_lens, resolve_backend(op, backend, device)
 
 
 def qformer_attention(
@@ -115,6 +208,8 @@ def qformer_attention(
     Parameters
     ----------
     q : Tensor ``[B, H, Lq, D]``, float32/float16/bfloat16 (float64 on the torch backend)
+        Any strides (the Q-Former's ``[B, L, H, D]`` projection viewed as ``[B, H, L, D]``
+        needs no copy).
     k, v : Tensor ``[B, H, Lk, D]``, same dtype and device as ``q``
     causal : bool
         Query ``i`` sees keys ``j <= i`` (top-left aligned).
@@ -123,6 +218,8 @@ def qformer_attention(
     scale : float, optional
         Score scale; default ``D ** -0.5``.
     backend : {"auto", "triton", "torch"}
+        ``"auto"`` runs Triton on CUDA tensors when the kernel supports the inputs
+        (float32/float16/bfloat16, ``D <= 128``) and the torch reference otherwise.
 
     Returns
     -------
@@ -131,10 +228,18 @@ def qformer_attention(
     Raises
     ------
     TypeError
-        Non-tensor inputs, non-floating q/k/v, mixed dtypes, non-integer ``kv_lens``.
+        Non-tensor inputs, non-floating q/k/v, mixed dtypes, non-integer ``kv_lens``, a
+        non-bool ``causal``.
     ValueError
         Shape mismatches, tensors on different devices, a non-finite ``scale``, or a backend
-        that cannot run here.
+        that cannot run here or cannot run these inputs (``"triton"`` with float64 or
+        ``D > 128``).
     """
-    q, k, v, kv_lens, chosen = _validate(q, k, v, kv_lens, scale, backend)
-    return qformer_attention_reference(q, k, v, causal=causal, kv_lens=kv_lens, scale=scale)
+    q, k, v, kv_lens, chosen = _validate(q, k, v, causal, kv_lens, scale, backend)
+    if chosen == "torch":
+        return qformer_attention_reference(q, k, v, causal=causal, kv_lens=kv_lens, scale=scale)
+    d = q.shape[-1]
+    scale = float(scale) if scale is not None else (1.0 / math.sqrt(d) if d > 0 else 1.0)
+    lens = kv_lens.contiguous() if kv_lens is not None else None
+    out, _ = _attention_fwd_op(_unit_stride_d(q), _unit_stride_d(k), _unit_stride_d(v), lens, causal, scale)
+    return out
