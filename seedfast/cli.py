@@ -53,6 +53,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from seedfast.models.checkpoints import CheckpointError, convert_official
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    try:
+        out = convert_official(args.quantizer, args.vit, args.out, dtype=dtype)
+    except (CheckpointError, FileNotFoundError, TypeError, ValueError) as err:
+        raise CliError(str(err)) from err
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seedfast",
@@ -73,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     p.add_argument("--report", metavar="JSON", help="print (and plot) a saved results JSON instead of running")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("convert", help="convert official seed_quantizer.pt (+ eva_vit_g.pth) to seedfast's format")
+    p.add_argument("quantizer", help="path to seed_quantizer.pt")
+    p.add_argument("--vit", help="path to eva_vit_g.pth (omit if the quantizer file holds visual_encoder.*)")
+    p.add_argument("--out", required=True, help="output folder (model.safetensors + config.json)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.set_defaults(func=_cmd_convert)
     return parser
 
 

@@ -27,7 +27,7 @@ def test_kernels_package_is_free_of_imports():
 
 def test_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "seedfast.cli", "--help"], capture_output=True, text=True, check=True)
-    for sub in ("env", "bench"):
+    for sub in ("env", "bench", "convert"):
         assert sub in out.stdout
 
 
@@ -45,3 +45,9 @@ def test_unknown_bench_op_is_one_line_error(capsys):
     assert main(["bench", "--op", "nope", "--no-save"]) == 2
     err = capsys.readouterr().err
     assert "unknown benchmark op 'nope'" in err and "Traceback" not in err
+
+
+def test_convert_missing_checkpoint_is_one_line_error(tmp_path, capsys):
+    assert main(["convert", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.pt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
