@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seedfast.models.heads import Block
+
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patches by a strided convolution (``patch_embed.proj``, with bias).
@@ -73,40 +75,6 @@ class EvaAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
-class EvaMlp(nn.Module):
-    """``fc2(GELU(fc1(x)))`` with the exact (erf) GELU."""
-
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class EvaBlock(nn.Module):
-    """Pre-LN block: ``x += attn(norm1(x)); x += mlp(norm2(x))`` (no layer scale).
-
-    Parameters
-    ----------
-    width, num_heads, mlp_dim : int
-    eps : float
-        LayerNorm epsilon (1e-6 in EVA).
-    """
-
-    def __init__(self, width: int, num_heads: int, mlp_dim: int, eps: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width, eps=eps)
-        self.attn = EvaAttention(width, num_heads)
-        self.norm2 = nn.LayerNorm(width, eps=eps)
-        self.mlp = EvaMlp(width, mlp_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class EvaVisionTransformer(nn.Module):
     """EVA ViT without final norm or pooling: all tokens of the last built block.
 
@@ -130,7 +98,7 @@ class EvaVisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(patch_size, width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, width))
-        self.blocks = nn.ModuleList(EvaBlock(width, num_heads, mlp_dim, eps) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, num_heads, mlp_dim, eps, EvaAttention) for _ in range(depth))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Image tokens.

@@ -48,19 +48,24 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block (``models/seed_qformer/vit.py::Block``): no mask, no drop-path.
+    """Pre-LN transformer block (``models/seed_qformer/vit.py::Block``; EVA's block too):
+    ``x += attn(norm1(x)); x += mlp(norm2(x))``, no mask, no drop-path, no layer scale.
 
     Parameters
     ----------
     width, num_heads, mlp_dim : int
     eps : float
         LayerNorm epsilon (1e-6).
+    attention : type
+        The attention module, built as ``attention(width, num_heads)``: the fused-bias
+        :class:`Attention` of SEED's heads, or EVA's q/v-bias variant.
     """
 
-    def __init__(self, width: int, num_heads: int, mlp_dim: int, eps: float) -> None:
+    def __init__(self, width: int, num_heads: int, mlp_dim: int, eps: float,
+                 attention: type[nn.Module] = Attention) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=eps)
-        self.attn = Attention(width, num_heads)
+        self.attn = attention(width, num_heads)
         self.norm2 = nn.LayerNorm(width, eps=eps)
         self.mlp = Mlp(width, mlp_dim)
 
