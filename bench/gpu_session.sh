@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One prepared run for a lent GPU (the device tool runs it from the repo root; $OUT comes back).
+#   1. install seedfast into the machine's own torch/triton (no network there: --no-deps),
+#   2. the GPU tests (kernels compiled for real, graph capture, graph-vs-eager decoding),
+#   3. every benchmark suite side by side with its peers; the JSON lands in $OUT.
+# Usage: bash bench/gpu_session.sh [--full]   (default: seedfast bench --quick, ~5 min)
+set -uo pipefail
+export PYTHONUNBUFFERED=1 SEEDFAST_SKIP_AOT=1
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+quick="--quick"
+[ "${1:-}" = "--full" ] && quick=""
+
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+  || { echo "install failed:"; tail -20 "$OUT/install.log"; exit 1; }
+python3 -m seedfast.cli env | tee "$OUT/env.txt"
+
+timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/ops tests/generation tests/models/test_llama.py \
+  2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+
+timeout 420 python3 -m seedfast.cli bench $quick --out "$OUT" --plot "$OUT/speedups.png" 2>"$OUT/bench.err" \
+  | tee "$OUT/bench.txt"
+tail -5 "$OUT/bench.err"
