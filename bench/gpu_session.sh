@@ -13,11 +13,11 @@ quick="--quick"
 
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
   || { echo "install failed:"; tail -20 "$OUT/install.log"; exit 1; }
-python3 -m seedfast.cli env | tee "$OUT/env.txt"
+python3 -m seedfast env | tee "$OUT/env.txt"
 
 timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/ops tests/generation tests/models/test_llama.py \
   2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 
-timeout 420 python3 -m seedfast.cli bench $quick --out "$OUT" --plot "$OUT/speedups.png" 2>"$OUT/bench.err" \
+timeout 420 python3 -m seedfast bench $quick --out "$OUT" --plot "$OUT/speedups.png" 2>"$OUT/bench.err" \
   | tee "$OUT/bench.txt"
 tail -5 "$OUT/bench.err"

@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="JSON", help="print (and plot) a saved results JSON instead of running")
     p.set_defaults(func=_cmd_bench)
 
+    from seedfast.train.cli import add_budget_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_budget_parser(sub)
+
     p = sub.add_parser("convert", help="convert official seed_quantizer.pt (+ eva_vit_g.pth) to seedfast's format")
     p.add_argument("quantizer", help="path to seed_quantizer.pt")
     p.add_argument("--vit", help="path to eva_vit_g.pth (omit if the quantizer file holds visual_encoder.*)")
@@ -113,7 +118,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"seedfast {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,7 +26,7 @@ def test_kernels_package_is_free_of_imports():
 
 
 def test_help_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "seedfast.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "seedfast", "--help"], capture_output=True, text=True, check=True)
     for sub in ("env", "bench", "convert"):
         assert sub in out.stdout
 
