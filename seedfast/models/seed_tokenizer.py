@@ -401,13 +401,28 @@ class SeedTokenizer(nn.Module):
         self._check_device("forward", "text_lengths", text_lengths)
         with torch.no_grad():
             vit = self.visual_encoder(images)
-        h = self.Qformer(self.query_tokens, self.ln_vision(vit).to(self.query_tokens.dtype))
+        image_feat, text_feat = self.contrastive_features(vit, text_ids, text_lengths)
+        itc = losses.contrastive_loss(image_feat, text_feat, self.temp, gather=gather, rank=rank)
+        return {"itc": itc, "loss": itc}
+
+    def contrastive_features(
+        self, vit_tokens: torch.Tensor, text_ids: torch.Tensor, text_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1's normalised image and text features, from ViT tokens (before ``ln_vision``).
+
+        The training loop calls this directly when it trains from cached ViT features.
+
+        Returns
+        -------
+        image_feat, text_feat : Tensor ``[B, embed_dim]``, L2-normalised
+            ``vision_proj`` of the last (32nd) query; ``text_proj`` of the text ``[CLS]``.
+        """
+        h = self.Qformer(self.query_tokens, self.ln_vision(vit_tokens).to(self.query_tokens.dtype))
         # The official code projects all 32 queries and keeps the last one; projecting only
         # the last one is the same (the projection and the normalisation are per token).
         image_feat = F.normalize(self.vision_proj(h[:, -1]), dim=-1)
         text_feat = F.normalize(self.text_proj(self.Qformer.forward_text(text_ids, text_lengths)[:, 0]), dim=-1)
-        itc = losses.contrastive_loss(image_feat, text_feat, self.temp, gather=gather, rank=rank)
-        return {"itc": itc, "loss": itc}
+        return image_feat, text_feat
 
     def _stage2_losses(self, images: object, target: object) -> dict[str, torch.Tensor]:
         images = self._check_images(images, "forward")
@@ -422,6 +437,27 @@ class SeedTokenizer(nn.Module):
         with torch.no_grad():
             vit = self.visual_encoder(images)
             causal = self.Qformer(self.query_tokens, self.ln_vision(vit).to(self.query_tokens.dtype))
+        terms = self.codebook_losses(causal, target)
+        del terms["codes"]
+        return terms
+
+    def codebook_losses(self, causal: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Stage 2's loss terms from the (frozen) Q-Former output.
+
+        The training loop calls this directly when it trains from cached Q-Former outputs.
+
+        Parameters
+        ----------
+        causal : Tensor ``[B, 32, qformer_hidden]``
+            The VQ input and the cosine-reconstruction target.
+        target : Tensor ``[B, generation_embed_dim]``
+
+        Returns
+        -------
+        dict
+            ``{"vq", "mse", "cos", "loss"}`` float32 scalars with ``loss = 5·vq + 0.5·mse + 2·cos``,
+            and ``"codes"`` ``[B, 32]`` int64.
+        """
         vq = self.quantize(self.encode_task_layer(causal))
         h = self.decode_task_layer(vq.z_q)
         recon = h + self.pos_embed
@@ -430,7 +466,7 @@ class SeedTokenizer(nn.Module):
         cos = losses.reconstruction_cosine_loss(recon, causal)
         mse = losses.generation_mse_loss(self._generation_head(h), target)
         total = losses.VQ_WEIGHT * vq.loss + losses.MSE_WEIGHT * mse + losses.COS_WEIGHT * cos
-        return {"vq": vq.loss, "mse": mse, "cos": cos, "loss": total}
+        return {"vq": vq.loss, "mse": mse, "cos": cos, "loss": total, "codes": vq.codes}
 
     @staticmethod
     def trained_modules(stage: int) -> tuple[str, ...]:

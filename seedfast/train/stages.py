@@ -180,10 +180,7 @@ class TokenizerObjective(nn.Module):
 
     def _stage1(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         m = self.model
-        h = m.Qformer(m.query_tokens, m.ln_vision(self._vit(inputs)).to(m.query_tokens.dtype))
-        image_feat = F.normalize(m.vision_proj(h[:, -1]), dim=-1)
-        text = m.Qformer.forward_text(inputs["text_ids"], inputs["text_lengths"])
-        text_feat = F.normalize(m.text_proj(text[:, 0]), dim=-1)
+        image_feat, text_feat = m.contrastive_features(self._vit(inputs), inputs["text_ids"], inputs["text_lengths"])
         if self.gather is not None and self.gather_with_grad:
             itc = losses.contrastive_loss(self.gather(image_feat), self.gather(text_feat), m.temp)
         else:
@@ -198,20 +195,9 @@ class TokenizerObjective(nn.Module):
         else:
             with torch.no_grad():
                 causal = m.Qformer(m.query_tokens, m.ln_vision(self._vit(inputs)).to(m.query_tokens.dtype))
-        vq = m.quantize(m.encode_task_layer(causal))
-        h = m.decode_task_layer(vq.z_q)
-        recon = h + m.pos_embed
-        for block in m.blocks:
-            recon = block(recon)
-        gen = h + m.pos_embed_image
-        for block in m.blocks_image:
-            gen = block(gen)
-        gen = m.distill_image_proj(m.image_down(gen).flatten(1))
-        cos = losses.reconstruction_cosine_loss(recon, causal)
-        mse = losses.generation_mse_loss(gen, inputs["target"])
-        loss = losses.VQ_WEIGHT * vq.loss + losses.MSE_WEIGHT * mse + losses.COS_WEIGHT * cos
+        terms = m.codebook_losses(causal, inputs["target"])
         b = causal.shape[0]
-        return {"loss": loss * b, "vq": vq.loss * b, "mse": mse * b, "cos": cos * b, "codes": vq.codes}
+        return {name: value if name == "codes" else value * b for name, value in terms.items()}
 
 
 class LlmObjective(nn.Module):
