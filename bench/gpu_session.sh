@@ -2,7 +2,8 @@
 # One prepared run for a lent GPU (the device tool runs it from the repo root; $OUT comes back).
 #   1. install seedfast into the machine's own torch/triton (no network there: --no-deps),
 #   2. the GPU tests (kernels compiled for real, graph capture, graph-vs-eager decoding),
-#   3. every benchmark suite side by side with its peers; the JSON lands in $OUT.
+#   3. every benchmark suite side by side with its peers; the JSON lands in $OUT,
+#   4. the tokenizer training budget (stage-2 MFU at official sizes vs the paper's V100-days).
 # Usage: bash bench/gpu_session.sh [--full]   (default: seedfast bench --quick, ~5 min)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 SEEDFAST_SKIP_AOT=1
@@ -21,3 +22,6 @@ timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/ops tests/generati
 timeout 420 python3 -m seedfast bench $quick --out "$OUT" --plot "$OUT/speedups.png" 2>"$OUT/bench.err" \
   | tee "$OUT/bench.txt"
 tail -5 "$OUT/bench.err"
+
+timeout 240 python3 -m seedfast budget --measure --preset official --batch 256 --out "$OUT" 2>&1 \
+  | tee -a "$OUT/bench.txt" | tail -25
