@@ -71,6 +71,8 @@ class DataConfig:
         Side the source's images are rendered or decoded at (then resized to the tokenizer's).
     train_size : int
         Samples in the procedural training split.
+    max_objects : int
+        Procedural scenes hold 1 to ``max_objects`` objects (1 or 2).
     seed : int
         Procedural dataset seed and shuffling seed.
     shuffle : bool
@@ -88,7 +90,8 @@ class DataConfig:
     caption_first_p : float
         Stage 3: probability that the caption comes before the image (spec §11.5: 0.5).
     target : str
-        Stage 2's target embedding: ``"stand-in"`` (a fixed random projection of pooled pixels,
+        Stage 2's target embedding: ``"stand-in"`` or ``"stand-in:G"`` (a fixed random
+        projection of pixels pooled to ``G × G``, default 8,
         :class:`seedfast.train.targets.StandInTarget`) or ``"clip:DIR"`` (a Hugging Face
         ``CLIPVisionModelWithProjection``, e.g. OpenCLIP ViT-H/14). With ``features`` the
         targets come precomputed from there, and must have been made by this same target.
@@ -101,6 +104,7 @@ class DataConfig:
     features: str = ""
     image_size: int = 64
     train_size: int = 1_000_000
+    max_objects: int = 2
     seed: int = 0
     shuffle: bool = True
     text_tokenizer: str = "words"
@@ -455,7 +459,7 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
 
 
 def _check_ranges(name: str, section: Any) -> None:
-    positive = {"data": ("image_size", "text_length", "max_words", "seq_len"),
+    positive = {"data": ("image_size", "max_objects", "text_length", "max_words", "seq_len"),
                 "optim": ("total_steps",),
                 "train": ("global_batch", "ckpt_every", "keep_last"),
                 "lora": ("r",)}.get(name, ())

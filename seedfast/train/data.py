@@ -83,7 +83,8 @@ def open_source(cfg: DataConfig) -> ImageSource:
         :func:`seedfast.data.open_image_captions` raises.
     """
     if cfg.source == "procedural":
-        pc = ProceduralConfig(image_size=cfg.image_size, seed=cfg.seed, train_size=cfg.train_size)
+        pc = ProceduralConfig(image_size=cfg.image_size, max_objects=cfg.max_objects, seed=cfg.seed,
+                              train_size=cfg.train_size)
         return ImageSource(ProceduralDataset(pc, "train"))
     data = open_image_captions(cfg.source, cfg.image_size)
     if isinstance(data, TarImageCaptions):

@@ -12,33 +12,38 @@ import torch.nn.functional as F
 from torch import nn
 
 STAND_IN_GRID = 8
-"""Stand-in: images are average-pooled to ``8 × 8`` per channel (192 numbers) before projection."""
+"""Stand-in: images are average-pooled to ``8 × 8`` per channel (192 numbers) before projection,
+unless the target names another grid (``"stand-in:16"``)."""
 STAND_IN_SEED = 1234
 """Seed of the stand-in's projection matrix: the same target on every machine and run."""
 
 
 class StandInTarget(nn.Module):
-    """``target = pool8x8(image).flatten() @ P`` with a fixed Gaussian ``P [192, dim] / √192``.
+    """``target = pool(image, grid).flatten() @ P`` with a fixed Gaussian ``P [3·grid², dim] / √(3·grid²)``.
 
-    Pooled pixels keep what the procedural captions talk about (colour, position, size), and
-    the projection has the scale of a unit-variance embedding; no weights are trained or stored.
+    Pooled pixels keep what the procedural captions talk about (colour, position, size; the
+    shape of small objects needs ``grid`` 16), and the projection has the scale of a
+    unit-variance embedding; no weights are trained or stored.
 
     Parameters
     ----------
     dim : int
         The generation embedding's size (``generation_embed_dim``).
+    grid : int
+        Side of the pooled grid.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, grid: int = STAND_IN_GRID) -> None:
         super().__init__()
-        n = 3 * STAND_IN_GRID * STAND_IN_GRID
+        self.grid = grid
+        n = 3 * grid * grid
         g = torch.Generator().manual_seed(STAND_IN_SEED)
         self.register_buffer("projection", torch.randn(n, dim, generator=g) / n**0.5, persistent=False)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, S, S]`` preprocessed images → ``[B, dim]`` float32."""
-        pooled = F.adaptive_avg_pool2d(images.float(), STAND_IN_GRID).flatten(1)
+        pooled = F.adaptive_avg_pool2d(images.float(), self.grid).flatten(1)
         return pooled @ self.projection
 
 
@@ -80,7 +85,7 @@ class ClipTarget(nn.Module):
 
 
 def build_target(spec: str, dim: int) -> nn.Module:
-    """``"stand-in"`` → :class:`StandInTarget`, ``"clip:DIR"`` → :class:`ClipTarget`.
+    """``"stand-in"`` / ``"stand-in:G"`` → :class:`StandInTarget` (grid G), ``"clip:DIR"`` → :class:`ClipTarget`.
 
     Raises
     ------
@@ -89,6 +94,9 @@ def build_target(spec: str, dim: int) -> nn.Module:
     """
     if spec == "stand-in":
         return StandInTarget(dim)
+    grid = spec.removeprefix("stand-in:")
+    if grid != spec and grid.isdigit() and int(grid) > 0:
+        return StandInTarget(dim, int(grid))
     if spec.startswith("clip:"):
         return ClipTarget(spec.removeprefix("clip:"), dim)
-    raise ValueError(f"data.target must be 'stand-in' or 'clip:DIR', got {spec!r}")
+    raise ValueError(f"data.target must be 'stand-in', 'stand-in:GRID' or 'clip:DIR', got {spec!r}")

@@ -125,6 +125,29 @@ def test_stand_in_target_is_fixed_and_informative():
     assert a(images).std(0).mean() > 0.05  # different images, different targets
 
 
+def test_stand_in_target_grid():
+    import torch.nn.functional as F
+
+    images = torch.randn(3, 3, 32, 32)
+    fine = build_target("stand-in:16", 48)
+    assert isinstance(fine, StandInTarget) and fine.grid == 16 and fine.projection.shape == (3 * 16 * 16, 48)
+    torch.testing.assert_close(fine(images), F.adaptive_avg_pool2d(images, 16).flatten(1) @ fine.projection)
+    assert build_target("stand-in", 48).grid == 8
+    for bad in ("stand-in:0", "stand-in:x", "stand-in:", "standin"):
+        with pytest.raises(ValueError, match="stand-in:GRID"):
+            build_target(bad, 48)
+
+
+def test_procedural_source_honours_max_objects():
+    from seedfast.train.config import DataConfig
+    from seedfast.train.data import open_source
+
+    for max_objects in (1, 2):
+        source = open_source(DataConfig(source="procedural", image_size=32, train_size=64, max_objects=max_objects))
+        counts = {len(source.dataset[i].truth.objects) for i in range(64)}
+        assert max(counts) == max_objects
+
+
 def test_clip_target_from_a_hugging_face_folder(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
