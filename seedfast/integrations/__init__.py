@@ -13,30 +13,21 @@ transformers nor vector-quantize-pytorch.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from seedfast._lazy import lazy_exports
 
 _EXPORTS = {
-    "ImageGrammarLogitsProcessor": "hf_generate",
-    "MaskPattern": "hf_qformer",
-    "QFormerAttentionPatch": "hf_qformer",
-    "QFormerPatchWarning": "hf_qformer",
-    "patch_qformer_attention": "hf_qformer",
-    "read_mask": "hf_qformer",
-    "from_taming": "quantizers",
-    "from_vector_quantize_pytorch": "quantizers",
-    "taming_state_dict": "quantizers",
-    "vector_quantize_pytorch_state_dict": "quantizers",
+    "ImageGrammarLogitsProcessor": ".hf_generate",
+    "MaskPattern": ".hf_qformer",
+    "QFormerAttentionPatch": ".hf_qformer",
+    "QFormerPatchWarning": ".hf_qformer",
+    "patch_qformer_attention": ".hf_qformer",
+    "read_mask": ".hf_qformer",
+    "from_taming": ".quantizers",
+    "from_vector_quantize_pytorch": ".quantizers",
+    "taming_state_dict": ".quantizers",
+    "vector_quantize_pytorch_state_dict": ".quantizers",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"seedfast.integrations.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'seedfast.integrations' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

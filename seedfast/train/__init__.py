@@ -1,8 +1,7 @@
 """The lean training loop: stages 1–3, data pipeline, checkpoints, budget/MFU accounting."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from seedfast._lazy import lazy_exports
 
 # Exports resolve on first use, so that building the ``seedfast`` command line (which imports
 # seedfast.train.cli) does not import torch.distributed.checkpoint, peft or transformers.
@@ -29,8 +28,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'seedfast.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
