@@ -74,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    from seedfast.demo.cli import (
+        add_caption_parser,
+        add_demo_parser,
+        add_detokenize_parser,
+        add_generate_parser,
+        add_tokenize_parser,
+    )
+
+    add_demo_parser(sub)
+    add_tokenize_parser(sub)
+    add_detokenize_parser(sub)
+    add_generate_parser(sub)
+    add_caption_parser(sub)
+
     p = sub.add_parser("env", help="print torch/triton/CUDA versions and the GPU (or say there is none)")
     p.set_defaults(func=_cmd_env)
 

@@ -1,0 +1,337 @@
+"""``seedfast demo``: train every SEED model from scratch on the procedural data, measure them on
+the held-out split, and write the report.
+
+Order of work. The de-tokenizer learns (target embedding of a real image → that image), as
+SD-unCLIP's decoder learns from CLIP image embeddings, so it does not depend on the tokenizer:
+it trains in a second thread while the main thread writes the frozen encoder
+(:mod:`seedfast.demo.encoder`) and runs tokenizer stage 1, stage 2 and SEED-LLaMA stage 3
+through :func:`seedfast.train.loop.train`. At inference it is fed the tokenizer's generation
+embeddings, which stage 2 trained to predict those targets.
+Each thread computes with one intra-op thread, which is deterministic and, on a 2-core machine,
+keeps both cores busy without the two fighting over them (an oversubscribed OpenMP pool made a
+de-tokenizer step five times slower on the shared machine). The de-tokenizer's weights are
+initialised before the second thread starts and it draws only from its own generator, so the
+main thread's seeded global random stream is never disturbed: a seed gives the same run.
+
+Then the held-out split is encoded, reconstructed, captioned and drawn from its captions, and
+the attribute checker scores all of it (see :mod:`seedfast.demo.report` for the files).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from seedfast.data import (
+    ProceduralConfig,
+    ProceduralDataset,
+    attribute_accuracy,
+    caption_accuracy,
+    clip_preprocess,
+    image_accuracy,
+    parse_caption,
+    read_scenes,
+)
+from seedfast.demo.config import STAGE_NAMES, DemoConfig
+from seedfast.demo.models import DemoModels, EmbeddingNormaliser, Manifest, NormalisedDetokenizer
+from seedfast.demo.report import Examples, StageSummary, write_metrics, write_report
+from seedfast.models.seed_tokenizer import SeedTokenizer
+
+TRAIN_DIR = "train"
+MODELS_DIR = "models"
+TRAIN_SIZE = 1_000_000
+"""Procedural training samples: more than any demo reads, so no image is seen twice."""
+
+
+class DemoError(Exception):
+    """The demo cannot run as asked (e.g. its output folder holds something else)."""
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """A finished demo: its folder, metrics, report and per-stage summaries."""
+
+    out: Path
+    metrics: dict[str, float]
+    report: Path
+    stages: list[StageSummary]
+
+
+def _say(text: str) -> None:
+    from tqdm import tqdm
+
+    # Through tqdm so that a line never lands in the middle of a progress bar.
+    tqdm.write(text, file=sys.stderr)
+
+
+def prepare_output(out: Path) -> None:
+    """Make ``out`` ready for a run: create it, or clear a previous demo's files from it.
+
+    Raises
+    ------
+    DemoError
+        ``out`` is a file, or a non-empty folder that does not look like a demo's output.
+    """
+    from seedfast.demo.report import IMAGES_DIR, OUTPUT_FILES
+
+    ours = {TRAIN_DIR, MODELS_DIR, IMAGES_DIR, *OUTPUT_FILES}
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"--out {out} is a file, not a folder")
+    if out.is_dir():
+        present = {p.name for p in out.iterdir()}
+        if present and not present <= ours:
+            raise DemoError(f"--out {out} holds files the demo did not write ({', '.join(sorted(present - ours))}); "
+                            "choose an empty or new folder")
+        for name in present:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run_demo(config: DemoConfig, out: str | Path, *, seed: int = 0, progress: bool = True) -> DemoResult:
+    """Train, measure and report (see the module docstring).
+
+    Parameters
+    ----------
+    config : DemoConfig
+        :meth:`DemoConfig.full` or :meth:`DemoConfig.quick`.
+    out : path
+        The output folder (created; a previous demo's files in it are replaced).
+    seed : int
+        Seeds the data, every initialisation and every random draw: a seed gives the same
+        run on the same machine.
+    progress : bool
+        Progress bars on stderr (summary lines are printed either way).
+
+    Raises
+    ------
+    DemoError
+        ``out`` cannot be used.
+    KeyboardInterrupt
+        A stage was stopped by SIGINT / SIGTERM.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    prepare_output(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        stages, models = _train_all(config, out, seed, progress)
+        metrics, examples = evaluate(models, config, seed=seed, progress=progress)
+        metrics["seconds"] = round(time.perf_counter() - start, 1)
+    finally:
+        torch.set_num_threads(threads)
+    write_metrics(out, metrics)
+    report = write_report(out, metrics=metrics, examples=examples, stages=stages,
+                          settings={"demo": config.name, "seed": seed, "image_size": config.image_size,
+                                    "max_objects": config.max_objects, "tokenizer": config.tokenizer,
+                                    "llm": config.llm, "target": config.target,
+                                    "detokenizer": config.detokenizer_model.to_dict(),
+                                    "held-out samples": config.eval_size})
+    return DemoResult(out=out, metrics=metrics, report=report, stages=stages)
+
+
+# -------------------------------------------------------------------------------------------------
+# Training
+
+
+def _procedural(config: DemoConfig, seed: int, split: str, size: int) -> ProceduralDataset:
+    pc = ProceduralConfig(image_size=config.image_size, max_objects=config.max_objects, seed=seed,
+                          train_size=size if split == "train" else 0, heldout_size=size if split == "heldout" else 0)
+    return ProceduralDataset(pc, split)
+
+
+def _train_stage(config: DemoConfig, stage: int, folder: Path, seed: int, progress: bool, **paths: Path) -> tuple[
+        Path, StageSummary]:
+    from seedfast.train.config import build_config
+    from seedfast.train.log import LOG_FILE
+    from seedfast.train.loop import train
+
+    settings = {1: config.stage1, 2: config.stage2, 3: config.stage3}[stage]
+    _say(f"{STAGE_NAMES[stage]}: {settings.steps} steps of {settings.batch}")
+    t0 = time.perf_counter()
+    cfg = build_config(stage, [config.stage_tables(stage, seed=seed, **paths)])
+    result = train(cfg, folder, steps=settings.steps, device="cpu", progress=progress)
+    if result.stopped_by is not None or result.final is None:
+        raise KeyboardInterrupt(f"{STAGE_NAMES[stage]} stopped by {result.stopped_by or 'a signal'}")
+    seconds = time.perf_counter() - t0
+    last = _last_step(folder / LOG_FILE)
+    terms = {1: ("itc",), 2: ("mse", "vq", "cos"), 3: ("ce",)}[stage]
+    end = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", *terms) if k in last)
+    if stage == 2 and "codebook_used" in last:
+        end += f", codebook {last['codebook_used']}/{config.tokenizer['codebook_size']} used"
+    summary = StageSummary(STAGE_NAMES[stage], settings.steps, seconds, end)
+    _say(f"{STAGE_NAMES[stage]}: done in {seconds:.0f} s; {end}")
+    return result.final, summary
+
+
+def _last_step(log: Path) -> dict[str, float]:
+    last: dict[str, float] = {}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if "event" not in record:
+            last = record
+    return last
+
+
+class _DetokenizerTraining:
+    """The de-tokenizer's training on target embeddings, run in a thread (see the module docstring)."""
+
+    def __init__(self, config: DemoConfig, seed: int, progress: bool) -> None:
+        from seedfast.models.detokenizer import PixelDetokenizer
+        from seedfast.train.targets import build_target
+
+        self.config, self.seed, self.progress = config, seed, progress
+        self.target = build_target(config.target, config.detokenizer_model.embed_dim)
+        self.data = _procedural(config, seed, "train", TRAIN_SIZE)
+        # The normaliser's statistics come from the last training images, which no stage reads.
+        stats = self.data.batch(range(TRAIN_SIZE - config.normaliser_samples, TRAIN_SIZE))
+        self.normaliser = EmbeddingNormaliser.fit(self._targets(stats.images))
+        self.model = PixelDetokenizer(config.detokenizer_model, device="cpu", seed=seed)
+        self.losses: list[float] = []
+        self.seconds = 0.0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="seedfast-detokenizer", daemon=True)
+
+    def _targets(self, images: torch.Tensor) -> torch.Tensor:
+        return self.target(clip_preprocess(images, size=self.config.image_size))
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        s = self.config.detokenizer
+        # The training split in order: the tokenizer's stages read it in a shuffled order, and
+        # an image seen by both is no more than the same data used twice.
+        for step in range(s.steps):
+            batch = self.data.batch(range(step * s.batch, (step + 1) * s.batch))
+            yield self.normaliser(self._targets(batch.images)), batch.images.float() / 255
+
+    def _run(self) -> None:
+        s = self.config.detokenizer
+        t0 = time.perf_counter()
+        try:
+            self.losses = self.model.train(self._batches(), steps=s.steps, lr=s.lr, warmup_steps=s.warmup,
+                                           seed=self.seed, progress=self.progress)
+        except BaseException as err:  # re-raised in the main thread by join()
+            self.error = err
+        self.seconds = time.perf_counter() - t0
+
+    def start(self) -> None:
+        s = self.config.detokenizer
+        _say(f"de-tokenizer (pixel diffusion on target embeddings): {s.steps} steps of {s.batch}, in a second thread")
+        self.thread.start()
+
+    def join(self) -> StageSummary:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        tail = self.losses[-50:]
+        end = f"loss {sum(tail) / len(tail):.4f} (mean of the last {len(tail)} steps)"
+        _say(f"de-tokenizer: done in {self.seconds:.0f} s; {end}")
+        return StageSummary("de-tokenizer (pixel diffusion on target embeddings)", self.config.detokenizer.steps,
+                            self.seconds, end)
+
+
+def _train_all(config: DemoConfig, out: Path, seed: int, progress: bool) -> tuple[list[StageSummary], DemoModels]:
+    from seedfast.demo.encoder import frozen_encoder_init
+    from seedfast.models.llama import Llama
+    from seedfast.models.seed_llama import tiny_visual_vocab
+    from seedfast.train.config import build_config, model_config
+    from seedfast.train.text import WordTokenizer
+
+    runs = out / TRAIN_DIR
+    init = runs / "init"
+    stage1_config = build_config(1, [config.stage_tables(1, seed=seed)])
+    frozen_encoder_init(model_config("tokenizer", stage1_config.tokenizer), seed).save(init)
+    detok = _DetokenizerTraining(config, seed, progress)
+    detok.start()
+    stage1, s1 = _train_stage(config, 1, runs / "stage1", seed, progress, init=init)
+    stage2, s2 = _train_stage(config, 2, runs / "stage2", seed, progress, init=stage1)
+    stage3, s3 = _train_stage(config, 3, runs / "stage3", seed, progress, tokenizer=stage2)
+    if detok.thread.is_alive():
+        _say("waiting for the de-tokenizer to finish")
+    sd = detok.join()
+    manifest = Manifest(image_size=config.image_size, max_objects=config.max_objects,
+                        decode_steps=config.detokenizer_model.sample_steps,
+                        guidance_scale=config.detokenizer_model.guidance_scale,
+                        caption_temperature=config.caption_temperature, image_temperature=config.image_temperature,
+                        image_top_k=config.image_top_k, image_top_p=config.image_top_p)
+    models = DemoModels(tokenizer=SeedTokenizer.load(stage2),
+                        detokenizer=NormalisedDetokenizer(detok.model, detok.normaliser),
+                        llm=Llama.from_hf(stage3, dtype=torch.float32).eval(), text=WordTokenizer.procedural(),
+                        vocab=tiny_visual_vocab(), manifest=manifest)
+    models.check()
+    models.save(out / MODELS_DIR)
+    return [s1, s2, sd, s3], models
+
+
+# -------------------------------------------------------------------------------------------------
+# Measuring
+
+
+def _in_chunks(fn: Callable[[slice], torch.Tensor | list], n: int, chunk: int, desc: str,
+               progress: bool) -> list:
+    from tqdm import tqdm
+
+    parts = []
+    for start in tqdm(range(0, n, chunk), desc=desc, unit="batch", disable=not progress, leave=False,
+                      file=sys.stderr):
+        parts.append(fn(slice(start, min(start + chunk, n))))
+    return parts
+
+
+def evaluate(models: DemoModels, config: DemoConfig, *, seed: int = 0, progress: bool = True,
+             chunk: int = 64) -> tuple[dict[str, float], Examples]:
+    """Score the models on the held-out split.
+
+    Returns
+    -------
+    metrics : dict
+        ``reconstruction_attribute_accuracy``, ``caption_attribute_accuracy``,
+        ``text_to_image_attribute_accuracy``, ``codebook_utilisation``, ``checker_accuracy``
+        (``seconds`` is added by :func:`run_demo`).
+    examples : Examples
+        The first ``config.show`` samples, for the report.
+    """
+    n, max_objects = config.eval_size, config.max_objects
+    batch = _procedural(config, seed, "heldout", n).batch(range(n))
+    images, truths, captions = batch.images, batch.truths, batch.captions
+    # Row i's sampler and decoder seeds depend only on (seed, i): a sample is drawn the same
+    # whatever the chunking.
+    seeds = [seed * 1_000_003 + i for i in range(n)]
+    codes = torch.cat(_in_chunks(lambda s: models.tokenize(images[s]), n, chunk, "encode", progress))
+    reconstructions = torch.cat(_in_chunks(lambda s: models.detokenize(codes[s], seed=seeds[s]), n, chunk,
+                                           "reconstruct", progress))
+    generated_captions = sum(_in_chunks(lambda s: models.caption(codes[s], seed=seeds[s]), n, chunk, "caption",
+                                        progress), [])
+    drawn = _in_chunks(lambda s: models.draw(captions[s], seed=seeds[s])[1], n, chunk, "draw", progress)
+    generated_images = torch.cat(drawn)
+    prompted = [parse_caption(c) for c in captions]
+    metrics = {
+        "reconstruction_attribute_accuracy": image_accuracy(reconstructions, truths, max_objects=max_objects),
+        "caption_attribute_accuracy": caption_accuracy(generated_captions, truths),
+        "text_to_image_attribute_accuracy": image_accuracy(generated_images, prompted, max_objects=max_objects),
+        "codebook_utilisation": codes.unique().numel() / models.tokenizer.config.codebook_size,
+        "checker_accuracy": image_accuracy(images, truths, max_objects=max_objects),
+    }
+    metrics = {k: round(float(v), 4) for k, v in metrics.items()}
+    if not all(math.isfinite(v) for v in metrics.values()):
+        raise RuntimeError(f"non-finite metric: {metrics}")
+    k = min(config.show, n)
+    shown_truths = truths[:k]
+    examples = Examples(
+        images=images[:k], captions=captions[:k], codes=codes[:k], reconstructions=reconstructions[:k],
+        generated_captions=generated_captions[:k], generated_images=generated_images[:k],
+        caption_scores=[attribute_accuracy(parse_caption(c), t) for c, t in zip(generated_captions, shown_truths)],
+        reconstruction_scores=[attribute_accuracy(s, t) for s, t in
+                               zip(read_scenes(reconstructions[:k], max_objects=max_objects), shown_truths)],
+        generation_scores=[attribute_accuracy(s, t) for s, t in
+                           zip(read_scenes(generated_images[:k], max_objects=max_objects), shown_truths)],
+    )
+    return metrics, examples

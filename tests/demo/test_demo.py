@@ -1,0 +1,222 @@
+"""``seedfast demo --quick`` end to end, then the user commands on the models it wrote."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from seedfast import cli
+from seedfast.data import ProceduralConfig, ProceduralDataset
+from seedfast.demo import cli as demo_cli
+from seedfast.demo.images import save_png
+from seedfast.demo.report import IMAGES_DIR, OUTPUT_FILES
+
+METRICS = ("reconstruction_attribute_accuracy", "caption_attribute_accuracy", "text_to_image_attribute_accuracy",
+           "codebook_utilisation", "checker_accuracy", "seconds")
+QUICK_LIMIT_S = 180.0
+PARSERS = (demo_cli.add_demo_parser, demo_cli.add_tokenize_parser, demo_cli.add_detokenize_parser,
+           demo_cli.add_generate_parser, demo_cli.add_caption_parser)
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``seedfast.cli.main`` over a parser holding the demo's commands: (exit status, stdout, stderr)."""
+    parser = argparse.ArgumentParser(prog="seedfast")
+    sub = parser.add_subparsers(dest="command")
+    for add in PARSERS:
+        add(sub)
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.object(cli, "build_parser", return_value=parser), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, str]:
+    """The output folder of one ``seedfast demo --quick`` run, and what it printed."""
+    out = tmp_path_factory.mktemp("demo") / "seedfast-demo"
+    before = torch.get_num_threads()
+    code, stdout, stderr = run_cli(["demo", "--quick", "--out", str(out), "--no-progress"])
+    assert torch.get_num_threads() == before
+    assert code == 0, stderr
+    return out, stdout
+
+
+@pytest.fixture(scope="module")
+def image_file(demo, tmp_path_factory) -> Path:
+    """A held-out procedural image as a PNG file."""
+    sample = ProceduralDataset(ProceduralConfig(image_size=32, max_objects=1, heldout_size=1, seed=5), "heldout")[0]
+    return save_png(sample.image, tmp_path_factory.mktemp("images") / "scene.png")
+
+
+def _demo_flag(demo) -> list[str]:
+    return ["--demo", str(demo[0])]
+
+
+def test_quick_demo_writes_every_file_with_metrics_in_range(demo):
+    out, stdout = demo
+    for name in OUTPUT_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert sorted(p.name for p in (out / IMAGES_DIR).iterdir())
+    for part in ("demo.json", "tokenizer/model.safetensors", "detokenizer/detokenizer.safetensors",
+                 "detokenizer/normaliser.safetensors", "llm/model.safetensors"):
+        assert (out / "models" / part).is_file(), part
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(metrics) == sorted(METRICS)
+    for key in METRICS:
+        value = metrics[key]
+        assert isinstance(value, float) and math.isfinite(value), key
+        if key != "seconds":
+            assert 0.0 <= value <= 1.0, (key, value)
+    assert 0 < metrics["seconds"] < QUICK_LIMIT_S
+    # The clean held-out renders are read back exactly: the checker itself is sound.
+    assert metrics["checker_accuracy"] == 1.0
+    assert all(key in stdout for key in METRICS)
+    page = (out / "report.html").read_text()
+    for name in ("demo_grid.png", f"{IMAGES_DIR}/input_000.png", f"{IMAGES_DIR}/reconstruction_000.png",
+                 f"{IMAGES_DIR}/generated_000.png"):
+        assert name in page and (out / name).is_file(), name
+
+
+def test_tokenize_then_detokenize(demo, image_file, tmp_path):
+    code, stdout, _ = run_cli(["tokenize", str(image_file), str(image_file), "--json", *_demo_flag(demo)])
+    assert code == 0
+    entries = json.loads(stdout)
+    assert [e["image"] for e in entries] == [str(image_file)] * 2
+    codes = entries[0]["codes"]
+    assert len(codes) == 32 and all(0 <= c < 64 for c in codes) and entries[1]["codes"] == codes
+
+    code, stdout, _ = run_cli(["tokenize", str(image_file), *_demo_flag(demo)])
+    assert code == 0 and stdout.strip() == f"{image_file}: {' '.join(map(str, codes))}"
+
+    codes_file = tmp_path / "codes.json"
+    codes_file.write_text(json.dumps(entries[:1]))
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    for path in (first, second):
+        code, _, stderr = run_cli(["detokenize", str(codes_file), "-o", str(path), "--seed", "3", *_demo_flag(demo)])
+        assert code == 0, stderr
+    from PIL import Image
+
+    with Image.open(first) as a, Image.open(second) as b:
+        assert a.size == (32, 32) and np.array_equal(np.asarray(a), np.asarray(b))
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(codes))
+    code, _, _ = run_cli(["detokenize", str(bare), "-o", str(tmp_path / "c.png"), "--scale", "4", *_demo_flag(demo)])
+    with Image.open(tmp_path / "c.png") as c:
+        assert code == 0 and c.size == (128, 128)
+
+
+def test_generate_and_caption(demo, image_file, tmp_path):
+    out = tmp_path / "drawn.png"
+    code, _, stderr = run_cli(["generate", "A large red circle on the left.", "-o", str(out), *_demo_flag(demo)])
+    assert code == 0 and out.is_file(), stderr
+    assert len(stderr.split("codes:")[1].split("\n")[0].split()) == 32
+    code, stdout, _ = run_cli(["caption", str(image_file), *_demo_flag(demo)])
+    assert code == 0 and stdout.count("\n") == 1
+    code, stdout, _ = run_cli(["caption", str(image_file), str(image_file), *_demo_flag(demo)])
+    assert code == 0 and stdout.count(f"{image_file}: ") == 2
+
+
+def _one_line_error(result: tuple[int, str, str], command: str, *needles: str) -> None:
+    code, _, stderr = result
+    assert code == 2
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"seedfast {command}: error: "), stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_bad_inputs_get_one_line_errors(demo, image_file, tmp_path):
+    flag = _demo_flag(demo)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    _one_line_error(run_cli(["tokenize", str(text), *flag]), "tokenize", "cannot decode image")
+    _one_line_error(run_cli(["caption", str(tmp_path / "missing.png"), *flag]), "caption", "no such image file")
+
+    def codes_file(content: object) -> str:
+        path = tmp_path / "codes.json"
+        path.write_text(json.dumps(content))
+        return str(path)
+
+    png = str(tmp_path / "out.png")
+    _one_line_error(run_cli(["detokenize", codes_file(list(range(31))), "-o", png, *flag]), "detokenize",
+                    "32 codes, got 31")
+    _one_line_error(run_cli(["detokenize", codes_file([0] * 31 + [64]), "-o", png, *flag]), "detokenize",
+                    "code 64 at position 31", "[0, 64)")
+    _one_line_error(run_cli(["detokenize", codes_file([0] * 31 + [-1]), "-o", png, *flag]), "detokenize",
+                    "code -1")
+    _one_line_error(run_cli(["detokenize", codes_file([[0] * 32, [1] * 32]), "-o", png, *flag]), "detokenize",
+                    "--index")
+    _one_line_error(run_cli(["detokenize", codes_file({"codes": "abc"}), "-o", png, *flag]), "detokenize",
+                    "list of integers")
+    broken = tmp_path / "broken.json"
+    broken.write_text("[1, 2,")
+    _one_line_error(run_cli(["detokenize", str(broken), "-o", png, *flag]), "detokenize", "not a JSON file")
+    _one_line_error(run_cli(["detokenize", codes_file([0] * 32), "-o", str(tmp_path / "out.jpg"), *flag]),
+                    "detokenize", ".png")
+    _one_line_error(run_cli(["generate", "a purple circle", "-o", png, *flag]), "generate", "'purple'")
+    _one_line_error(run_cli(["generate", "a red circle", "-o", png, "--scale", "0", *flag]), "generate", "--scale")
+
+    missing = ["--demo", str(tmp_path / "nowhere")]
+    _one_line_error(run_cli(["tokenize", str(image_file), *missing]), "tokenize", "run `seedfast demo` first")
+    _one_line_error(run_cli(["caption", str(image_file), *flag, "--llm", str(tmp_path / "no-llm")]), "caption",
+                    "llm checkpoint not found")
+    corrupt = tmp_path / "corrupt-tokenizer"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text((demo[0] / "models" / "tokenizer" / "config.json").read_text())
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    _one_line_error(run_cli(["tokenize", str(image_file), *flag, "--tokenizer", str(corrupt)]), "tokenize",
+                    "cannot load the checkpoints")
+    empty = tmp_path / "empty-llm"
+    empty.mkdir()
+    _one_line_error(run_cli(["caption", str(image_file), *flag, "--llm", str(empty)]), "caption",
+                    "cannot load the checkpoints")
+
+
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "thesis.tex").write_text("keep me")
+    _one_line_error(run_cli(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]), "demo", "thesis.tex")
+    assert (tmp_path / "thesis.tex").read_text() == "keep me"
+
+
+def test_same_seed_same_run(demo, tmp_path):
+    """A second quick run with the same seed writes the same weights and metrics."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "again"
+    code, _, stderr = run_cli(["demo", "--quick", "--out", str(out), "--no-progress"])
+    assert code == 0, stderr
+    first, second = demo[0] / "models", out / "models"
+    for part in ("tokenizer/model.safetensors", "detokenizer/detokenizer.safetensors", "llm/model.safetensors"):
+        a, b = load_file(str(first / part)), load_file(str(second / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (demo[0], out)]
+    for m in metrics:
+        m.pop("seconds")
+    assert metrics[0] == metrics[1]
+
+
+
+@pytest.mark.parametrize("command", ["demo", "generate"])
+def test_missing_diffusers_is_a_one_line_error(command, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    argv = {"demo": ["demo", "--quick", "--no-progress", "--out", str(tmp_path / "out")],
+            "generate": ["generate", "a red circle", "-o", str(tmp_path / "x.png")]}[command]
+
+    def without_diffusers(name, *args, **kwargs):
+        return None if name == "diffusers" else real(name, *args, **kwargs)
+
+    with mock.patch.object(importlib.util, "find_spec", without_diffusers):
+        _one_line_error(run_cli(argv), command, "seedfast[demo]")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,107 @@
+"""The demo's pieces on their own: configs, the frozen encoder, the normaliser, grids, code files."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from seedfast.demo.commands import CommandError, read_codes
+from seedfast.demo.config import DemoConfig
+from seedfast.demo.encoder import HEAD_MODULES, frozen_encoder_init, sincos_positions
+from seedfast.demo.images import image_grid
+from seedfast.demo.models import EmbeddingNormaliser
+from seedfast.demo.pipeline import DemoError, prepare_output
+from seedfast.train.config import build_config, model_config
+
+
+@pytest.mark.parametrize("name", ["full", "quick"])
+def test_stage_tables_are_valid_training_configs(name, tmp_path):
+    config = getattr(DemoConfig, name)()
+    for stage in (1, 2, 3):
+        cfg = build_config(stage, [config.stage_tables(stage, seed=3, init=tmp_path, tokenizer=tmp_path)])
+        assert cfg.data.max_objects == config.max_objects and cfg.train.seed == 3 and not cfg.lora.enabled
+        assert cfg.optim.total_steps == {1: config.stage1, 2: config.stage2, 3: config.stage3}[stage].steps
+    tokenizer = model_config("tokenizer", cfg.tokenizer)
+    assert tokenizer.codebook_size == 64 and tokenizer.generation_embed_dim == config.detokenizer_model.embed_dim
+
+
+def test_sincos_positions():
+    positions = sincos_positions(4, 16)
+    assert positions.shape == (16, 16)
+    torch.testing.assert_close(positions.norm(dim=1), torch.full((16,), math.sqrt(8.0)))
+    assert len({tuple(row) for row in positions.tolist()}) == 16
+    with pytest.raises(ValueError, match="multiple of 4"):
+        sincos_positions(4, 18)
+
+
+def test_frozen_encoder_is_isometric_and_deterministic():
+    config = model_config("tokenizer", build_config(1, [DemoConfig.quick().stage_tables(1, seed=0)]).tokenizer)
+    model = frozen_encoder_init(config, seed=7)
+    proj = model.visual_encoder.patch_embed.proj
+    patches = torch.randn(5, 3, config.patch_size, config.patch_size)
+    with torch.no_grad():
+        embedded = proj(patches).flatten(1)
+    torch.testing.assert_close(embedded.norm(dim=1), patches.flatten(1).norm(dim=1), rtol=1e-5, atol=1e-5)
+    pos = model.visual_encoder.pos_embed[0]
+    pos = pos.detach()
+    assert pos[0].abs().max() == 0 and pos[1:].norm(dim=1).std() < 1e-4
+    for name in HEAD_MODULES:
+        for layer in getattr(model, name).modules():
+            if isinstance(layer, torch.nn.Linear):
+                assert float(layer.weight.detach().std()) == pytest.approx(layer.in_features ** -0.5, rel=0.3), name
+    again = frozen_encoder_init(config, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="isometric"):
+        frozen_encoder_init(type(config)(**{**config.to_dict(), "vit_width": 32, "vit_heads": 4}), seed=0)
+
+
+def test_normaliser(tmp_path):
+    embeddings = torch.randn(100, 6) * torch.arange(1, 7) + 5
+    normaliser = EmbeddingNormaliser.fit(embeddings)
+    normalised = normaliser(embeddings)
+    torch.testing.assert_close(normalised.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(normalised.std(0), torch.ones(6), atol=1e-5, rtol=0)
+    normaliser.save(tmp_path / "n.safetensors")
+    torch.testing.assert_close(EmbeddingNormaliser.load(tmp_path / "n.safetensors")(embeddings), normalised)
+    assert torch.equal(EmbeddingNormaliser.identity(6)(embeddings), embeddings)
+    with pytest.raises(ValueError):
+        EmbeddingNormaliser.fit(embeddings[:1])
+
+
+def test_image_grid_sizes():
+    images = [torch.rand(3, 8, 8) for _ in range(6)]
+    plain = image_grid([images[:3], images[3:]], scale=2)
+    assert plain.shape == (4 + 2 * (16 + 4), 4 + 3 * (16 + 4), 3) and plain.dtype.name == "uint8"
+    labelled = image_grid([images[:3], images[3:]], scale=2, column_labels=["a", "b", "c"], row_labels=["in", "out"])
+    assert labelled.shape[0] > plain.shape[0] and labelled.shape[1] > plain.shape[1]
+    with pytest.raises(ValueError):
+        image_grid([images[:3], images[3:5]])
+
+
+def test_read_codes_forms(tmp_path):
+    path = tmp_path / "c.json"
+    codes = list(range(32))
+    for content in (codes, {"codes": codes}, [{"image": "x", "codes": codes}], [codes]):
+        path.write_text(json.dumps(content))
+        assert read_codes(path, index=None, codes_per_image=32, num_codes=64) == codes
+    path.write_text(json.dumps([[0] * 32, codes]))
+    assert read_codes(path, index=1, codes_per_image=32, num_codes=64) == codes
+    with pytest.raises(CommandError, match="out of range"):
+        read_codes(path, index=2, codes_per_image=32, num_codes=64)
+    path.write_text(json.dumps([]))
+    with pytest.raises(CommandError, match="expected a list"):
+        read_codes(path, index=None, codes_per_image=32, num_codes=64)
+
+
+def test_prepare_output(tmp_path):
+    out = tmp_path / "demo"
+    prepare_output(out)
+    (out / "metrics.json").write_text("{}")
+    (out / "train").mkdir()
+    prepare_output(out)
+    assert out.is_dir() and not any(out.iterdir())
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DemoError, match="is a file"):
+        prepare_output(tmp_path / "file")
