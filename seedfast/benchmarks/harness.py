@@ -265,30 +265,33 @@ def speedups(result: RunResult) -> list[dict]:
 
 
 def format_table(result: RunResult, *, markdown: bool = False) -> str:
-    """Times (ms) and speed-ups, one line per case."""
+    """Times (ms) and speed-ups, one line per case and one table per op (with that op's peers)."""
     lines = []
     rows = speedups(result)
-    peers = list(dict.fromkeys(p for r in rows for p in r["peers"]))
-    header = ["op", "mode", "case", "seedfast ms", *[f"{p} ms" for p in peers], *[f"× {p}" for p in peers],
-              "TFLOP/s", "peak MiB"]
-    body = []
-    for r in rows:
-        ours = r["ours"]
-        cells = [r["op"], r["mode"], " ".join(f"{k}={v}" for k, v in r["case"].items()),
-                 _fmt_ms(ours) if ours else "-"]
-        cells += [_fmt_ms(r["peers"][p][0]) if p in r["peers"] else "-" for p in peers]
-        cells += [(f"{r['peers'][p][1]:.2f}" if p in r["peers"] and r["peers"][p][1] else "-") for p in peers]
-        cells.append(f"{ours.tflops:.2f}" if ours and ours.tflops else "-")
-        cells.append(f"{ours.peak_mem_mib:.1f}" if ours and ours.peak_mem_mib is not None else "-")
-        body.append(cells)
-    if markdown:
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join("---" for _ in header) + "|")
-        lines += ["| " + " | ".join(c) + " |" for c in body]
-    else:
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in body]
+    for op in dict.fromkeys(r["op"] for r in rows):
+        op_rows = [r for r in rows if r["op"] == op]
+        peers = list(dict.fromkeys(p for r in op_rows for p in r["peers"]))
+        header = ["op", "mode", "case", "seedfast ms", *[f"{p} ms" for p in peers], *[f"× {p}" for p in peers],
+                  "TFLOP/s", "peak MiB"]
+        body = []
+        for r in op_rows:
+            ours = r["ours"]
+            cells = [r["op"], r["mode"], " ".join(f"{k}={v}" for k, v in r["case"].items()),
+                     _fmt_ms(ours) if ours else "-"]
+            cells += [_fmt_ms(r["peers"][p][0]) if p in r["peers"] else "-" for p in peers]
+            cells += [(f"{r['peers'][p][1]:.2f}" if p in r["peers"] and r["peers"][p][1] else "-") for p in peers]
+            cells.append(f"{ours.tflops:.2f}" if ours and ours.tflops else "-")
+            cells.append(f"{ours.peak_mem_mib:.1f}" if ours and ours.peak_mem_mib is not None else "-")
+            body.append(cells)
+        if markdown:
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "|".join("---" for _ in header) + "|")
+            lines += ["| " + " | ".join(c) + " |" for c in body]
+        else:
+            widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+            lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+            lines += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in body]
+        lines.append("")
     lines.append(f"device: {result.device} · date {result.date} · torch {result.env['versions'].get('torch')}"
                  f" · triton {result.env['versions'].get('triton')}")
     lines += [f"note: {n}" for n in result.notes]
