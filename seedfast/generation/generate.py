@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from seedfast._checks import is_int
 from seedfast.generation.cuda_graphs import RowSettings, decode_runner
 from seedfast.models.llama import Llama
 from seedfast.models.seed_llama import (
@@ -113,10 +114,6 @@ def _per_row(name: str, value, n: int, ok: Callable[[object], bool], expected: s
         if not ok(v):
             raise ValueError(f"generate: {name} must be {expected}, got {v!r}")
     return values
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_number(v: object) -> bool:
@@ -286,17 +283,17 @@ def generate(
                          f"{model.config.vocab_size}; pass vocab= for this model")
     if detokenizer is not None and image_tokenizer is None:
         raise ValueError("generate: detokenizer needs image_tokenizer= (for generation_embedding)")
-    if not _is_int(stop_check_every) or stop_check_every < 1:
+    if not is_int(stop_check_every) or stop_check_every < 1:
         raise ValueError(f"generate: stop_check_every must be an int >= 1, got {stop_check_every!r}")
     if use_cuda_graphs is None:
         use_cuda_graphs = model.device.type == "cuda"
     template = get_template(template)
 
-    limits = _per_row("max_new_tokens", max_new_tokens, n, lambda v: _is_int(v) and v >= 1, "an int >= 1")
+    limits = _per_row("max_new_tokens", max_new_tokens, n, lambda v: is_int(v) and v >= 1, "an int >= 1")
     temps = _per_row("temperature", temperature, n, lambda v: _is_number(v) and v >= 0, "a finite number >= 0")
-    top_ks = _per_row("top_k", top_k, n, _is_int, "an int")
+    top_ks = _per_row("top_k", top_k, n, is_int, "an int")
     top_ps = _per_row("top_p", top_p, n, lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]")
-    seeds = _per_row("seed", seed, n, _is_int, "an int")
+    seeds = _per_row("seed", seed, n, is_int, "an int")
 
     codes = _encode_images(_images_per_row(images, n), image_tokenizer, vocab)
     ids = [_prompt_ids(p, codes[i], i, tokenizer, template, vocab, model.config.vocab_size)

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from seedfast._checks import dataclass_from_dict, is_int
+
 if TYPE_CHECKING:
     from diffusers import StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
 
@@ -83,7 +85,7 @@ def _check_embeddings(where: str, name: str, value: object, embed_dim: int) -> t
 
 
 def _check_seed_value(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise TypeError(f"decode: {name} must be an int, got {type(value).__name__}")
     if not 0 <= value <= _MAX_SEED:
         raise ValueError(f"decode: {name} must be in [0, 2**64), got {value}")
@@ -194,7 +196,7 @@ class SeedDetokenizer(abc.ABC):
                     f"got {tuple(negative_embeddings.shape)}"
                 )
         steps = self.default_steps if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        if not is_int(steps) or steps < 1:
             raise ValueError(f"decode: steps must be an int >= 1, got {steps!r}")
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         if not isinstance(guidance_scale, (int, float)) or not 1.0 <= float(guidance_scale) < math.inf:
@@ -340,7 +342,7 @@ class UnclipDetokenizer(SeedDetokenizer):
         if pipeline.text_encoder is None or pipeline.tokenizer is None:
             raise ValueError(f"{where}: pipeline needs its text_encoder and tokenizer to encode the empty prompt once")
         levels = pipeline.image_noising_scheduler.config.num_train_timesteps
-        if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level < levels:
+        if not is_int(noise_level) or not 0 <= noise_level < levels:
             raise ValueError(f"{where}: noise_level must be an int in [0, {levels}), got {noise_level!r}")
 
         self.device, self.dtype = _unclip_placement(device, dtype)
@@ -555,9 +557,9 @@ class PixelDetokenizerConfig:
         positive = ("embed_dim", "image_size", "layers_per_block", "norm_groups", "attention_head_dim", "sample_steps")
         for name in positive:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{where}: {name} must be an int >= 1, got {value!r}")
-        if not self.channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.channels):
+        if not self.channels or any(not is_int(c) or c < 1 for c in self.channels):
             raise ValueError(f"{where}: channels must be a non-empty tuple of positive ints, got {self.channels!r}")
         if any(c % self.norm_groups for c in self.channels):
             raise ValueError(
@@ -604,11 +606,7 @@ class PixelDetokenizerConfig:
         ValueError
             Unknown field names, or invalid values.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"PixelDetokenizerConfig: unknown fields {unknown}; known: {sorted(known)}")
-        return cls(**fields)
+        return dataclass_from_dict(cls, fields)
 
 
 def _unit_rms(embeddings: torch.Tensor) -> torch.Tensor:
@@ -771,12 +769,12 @@ class PixelDetokenizer(SeedDetokenizer):
         """
         from tqdm.auto import tqdm
 
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        if not is_int(steps) or steps < 1:
             raise ValueError(f"train: steps must be an int >= 1, got {steps!r}")
         if not 0.0 < lr < math.inf:
             raise ValueError(f"train: lr must be a finite number > 0, got {lr!r}")
         warmup_steps = min(100, steps // 10) if warmup_steps is None else warmup_steps
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not 0 <= warmup_steps <= steps:
+        if not is_int(warmup_steps) or not 0 <= warmup_steps <= steps:
             raise ValueError(f"train: warmup_steps must be an int in [0, steps={steps}], got {warmup_steps!r}")
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"train: min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from seedfast._checks import dataclass_from_dict, is_int
+
 NUM_QUERY_TOKENS = 32
 """Causal queries, hence visual codes, per image."""
 CODEBOOK_SIZE = 8192
@@ -92,7 +94,7 @@ class SeedTokenizerConfig:
             object.__setattr__(self, "image_down_dims", tuple(self.image_down_dims))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type == "int" and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            if f.type == "int" and not (is_int(value) and value > 0):
                 raise ValueError(f"SeedTokenizerConfig: {f.name} must be a positive int, got {value!r}")
             if f.type == "float" and not (isinstance(value, (int, float)) and value >= 0):
                 raise ValueError(f"SeedTokenizerConfig: {f.name} must be a non-negative number, got {value!r}")
@@ -159,8 +161,4 @@ class SeedTokenizerConfig:
         ValueError
             Unknown field names, or invalid values.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"SeedTokenizerConfig: unknown field(s) {unknown}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)

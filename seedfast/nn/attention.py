@@ -11,12 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seedfast._checks import check_positive_ints
 from seedfast.ops import qformer_attention
 from seedfast.ops._common import BACKENDS
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class QFormerAttention(nn.Module):
@@ -77,11 +74,7 @@ class QFormerAttention(nn.Module):
         sizes = {"dim": dim, "num_heads": num_heads}
         if kv_dim is not None:
             sizes["kv_dim"] = kv_dim
-        for arg, value in sizes.items():
-            if not _is_int(value):
-                raise TypeError(f"{name}: {arg} must be an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name}: {arg} must be >= 1, got {value}")
+        check_positive_ints(name, **sizes)
         if backend not in BACKENDS:
             raise ValueError(f"{name}: backend must be one of {BACKENDS}, got {backend!r}")
         if dim % num_heads:

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from seedfast._checks import check_positive_ints, is_int
 from seedfast.ops import nearest_code, vq_quantize
 from seedfast.ops._common import BACKENDS
 
@@ -47,10 +48,6 @@ class VectorQuantizerOutput(NamedTuple):
     z_q: torch.Tensor
     codes: torch.Tensor
     loss: torch.Tensor
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class VectorQuantizer(nn.Module):
@@ -132,11 +129,7 @@ class VectorQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        for arg, value in (("num_codes", num_codes), ("dim", dim), ("usage_window", usage_window)):
-            if not _is_int(value):
-                raise TypeError(f"{name}: {arg} must be an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name}: {arg} must be >= 1, got {value}")
+        check_positive_ints(name, num_codes=num_codes, dim=dim, usage_window=usage_window)
         if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
             raise ValueError(f"{name}: beta must be a finite number >= 0, got {beta!r}")
         if backend not in BACKENDS:
@@ -146,7 +139,7 @@ class VectorQuantizer(nn.Module):
         if not (isinstance(usage_decay, (int, float)) and 0.0 < usage_decay < 1.0):
             raise ValueError(f"{name}: usage_decay must be in (0, 1), got {usage_decay!r}")
         if restart_unused_after is not None:
-            if not _is_int(restart_unused_after):
+            if not is_int(restart_unused_after):
                 raise TypeError(
                     f"{name}: restart_unused_after must be an int or None, got {type(restart_unused_after).__name__}"
                 )

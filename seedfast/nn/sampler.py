@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from seedfast._checks import check_positive_ints, is_int
 from seedfast.ops import VisualVocab, constrained_sample
 from seedfast.ops._common import BACKENDS
 
@@ -143,10 +144,7 @@ class ConstrainedSampler(nn.Module):
         name = type(self).__name__
         if not isinstance(vocab, VisualVocab):
             raise TypeError(f"{name}: vocab must be a VisualVocab, got {type(vocab).__name__}")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool):
-            raise TypeError(f"{name}: batch_size must be an int, got {type(batch_size).__name__}")
-        if batch_size < 1:
-            raise ValueError(f"{name}: batch_size must be >= 1, got {batch_size}")
+        check_positive_ints(name, batch_size=batch_size)
         if not isinstance(temperature, torch.Tensor) and not (
             isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0
         ):
@@ -156,7 +154,7 @@ class ConstrainedSampler(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"{name}: backend must be one of {BACKENDS}, got {backend!r}")
         for arg, value in (("top_k", top_k), ("seed", seed)):
-            if not isinstance(value, torch.Tensor) and (not isinstance(value, int) or isinstance(value, bool)):
+            if not isinstance(value, torch.Tensor) and not is_int(value):
                 raise TypeError(f"{name}: {arg} must be an int or an integer tensor, got {type(value).__name__}")
         self.vocab = vocab
         self.batch_size = batch_size
@@ -235,7 +233,7 @@ class ConstrainedSampler(nn.Module):
                                  f"{self.batch_size} rows, got {tuple(prompt_ids.shape)}")
             self.image_pos.copy_(pos)
         if seed is not None:
-            if not isinstance(seed, torch.Tensor) and (not isinstance(seed, int) or isinstance(seed, bool)):
+            if not isinstance(seed, torch.Tensor) and not is_int(seed):
                 raise TypeError(f"{type(self).__name__}.reset: seed must be an int or an integer tensor, "
                                 f"got {type(seed).__name__}")
             self.seed.copy_(_per_row_buffer("seed", seed, self.batch_size, torch.int64, self.seed.device))

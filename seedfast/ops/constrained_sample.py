@@ -49,6 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
+from seedfast._checks import is_int
 from seedfast.ops._common import FLOATING, check_same_device, check_tensor, resolve_backend
 
 FLAG_NON_FINITE = 1
@@ -401,12 +402,12 @@ def constrained_sample(
                       isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0,
                       "a finite number >= 0")
     if not isinstance(top_k, torch.Tensor):
-        _check_scalar(op, "top_k", top_k, isinstance(top_k, int) and not isinstance(top_k, bool), "an int")
+        _check_scalar(op, "top_k", top_k, is_int(top_k), "an int")
     if not isinstance(top_p, torch.Tensor):
         _check_scalar(op, "top_p", top_p, isinstance(top_p, (int, float)) and 0 < top_p <= 1, "in (0, 1]")
     for name, value in (("seed", seed), ("offset", offset)):
         if not isinstance(value, torch.Tensor):
-            _check_scalar(op, name, value, isinstance(value, int) and not isinstance(value, bool), "an int")
+            _check_scalar(op, name, value, is_int(value), "an int")
         elif value.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"{op}: {name} must be an int64 tensor, got {value.dtype}")
     temperature_t = _per_row(op, "temperature", temperature, b, device, torch.float32)

@@ -27,6 +27,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from seedfast._checks import is_int
+
 STAGES = (1, 2, 3)
 PAPER_PAIRS = 5_000_000
 """Image–text pairs SEED's tokenizer was trained on (spec §10, seed ``000``)."""
@@ -441,7 +443,7 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if hint is bool:
         ok = isinstance(value, bool)
     elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = is_int(value)
     elif hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
