@@ -90,6 +90,27 @@ def _visible_keys(lens_ptr, b, LK, HAS_KV_LENS: tl.constexpr):
 
 
 @triton.jit
+def _program_block(L, H, BLOCK: tl.constexpr):
+    """This program's (batch·head, batch, head, first index) when each (b, h) is cut into
+    ``cdiv(L, BLOCK)`` blocks of queries (fwd, dQ) or keys (dK/dV), one program per block."""
+    n_blocks = tl.cdiv(L, BLOCK)
+    pid = tl.program_id(0)
+    bh = pid // n_blocks
+    return bh, bh // H, bh % H, (pid % n_blocks) * BLOCK
+
+
+@triton.jit
+def _key_walk(lens_ptr, b, LK, start_m, HAS_KV_LENS: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """``(n_keys, hi)``: the keys batch ``b`` may see, and the end of the key walk of the query
+    block at ``start_m`` (a causal block's rows see no key past its last row)."""
+    n_keys = _visible_keys(lens_ptr, b, LK, HAS_KV_LENS)
+    hi = n_keys
+    if CAUSAL:
+        hi = tl.minimum(hi, start_m + BLOCK_M)
+    return n_keys, hi
+
+
+@triton.jit
 def _keep(rows, cols, n_keys, CAUSAL: tl.constexpr):
     """The mask rule on broadcastable query/key index tiles."""
     keep = cols < n_keys
@@ -127,12 +148,7 @@ def _attn_fwd(
     INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    n_row_blocks = tl.cdiv(LQ, BLOCK_M)
-    pid = tl.program_id(0)
-    bh = pid // n_row_blocks
-    start_m = (pid % n_row_blocks) * BLOCK_M
-    b = bh // H
-    h = bh % H
+    bh, b, h, start_m = _program_block(LQ, H, BLOCK_M)
     rows = start_m + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < LQ
@@ -143,10 +159,7 @@ def _attn_fwd(
     v_base = v_ptr + b.to(tl.int64) * sv_b + h.to(tl.int64) * sv_h
     q = _load(q_base + rows[:, None] * sq_l + dims[None, :], row_ok[:, None] & dim_ok[None, :], INTERPRET_BF16)
 
-    n_keys = _visible_keys(lens_ptr, b, LK, HAS_KV_LENS)
-    hi = n_keys
-    if CAUSAL:
-        hi = tl.minimum(hi, start_m + BLOCK_M)
+    n_keys, hi = _key_walk(lens_ptr, b, LK, start_m, HAS_KV_LENS, CAUSAL, BLOCK_M)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -188,12 +201,7 @@ def _attn_bwd_dq(
     INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    n_row_blocks = tl.cdiv(LQ, BLOCK_M)
-    pid = tl.program_id(0)
-    bh = pid // n_row_blocks
-    start_m = (pid % n_row_blocks) * BLOCK_M
-    b = bh // H
-    h = bh % H
+    bh, b, h, start_m = _program_block(LQ, H, BLOCK_M)
     rows = start_m + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < LQ
@@ -211,10 +219,7 @@ def _attn_bwd_dq(
 
     k_base = k_ptr + b64 * sk_b + h64 * sk_h
     v_base = v_ptr + b64 * sv_b + h64 * sv_h
-    n_keys = _visible_keys(lens_ptr, b, LK, HAS_KV_LENS)
-    hi = n_keys
-    if CAUSAL:
-        hi = tl.minimum(hi, start_m + BLOCK_M)
+    n_keys, hi = _key_walk(lens_ptr, b, LK, start_m, HAS_KV_LENS, CAUSAL, BLOCK_M)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(0, hi, BLOCK_N):
@@ -243,12 +248,7 @@ def _attn_bwd_dkdv(
     INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    n_col_blocks = tl.cdiv(LK, BLOCK_N)
-    pid = tl.program_id(0)
-    bh = pid // n_col_blocks
-    start_n = (pid % n_col_blocks) * BLOCK_N
-    b = bh // H
-    h = bh % H
+    bh, b, h, start_n = _program_block(LK, H, BLOCK_N)
     cols = start_n + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < D
