@@ -103,8 +103,8 @@ def collect() -> EnvInfo:
     if not gpus and not note:
         note = "no NVIDIA GPU"
     versions = {name: _version(name) for name in (
-        "seedfast", "torch", "triton", "transformers", "diffusers", "safetensors", "numpy",
-        "flash-attn", "xformers", "nvidia-ml-py",
+        "seedfast", "torch", "triton", "transformers", "diffusers", "kernels", "peft", "safetensors",
+        "numpy", "flash-attn", "xformers", "nvidia-ml-py",
     )}
     return EnvInfo(
         python=platform.python_version(),
@@ -121,7 +121,9 @@ def format_env(info: EnvInfo) -> str:
     """Human-readable report for ``seedfast env``."""
     lines = [f"python       {info.python} ({info.platform})", f"cpu          {info.cpu}"]
     for name, ver in info.versions.items():
-        lines.append(f"{name:<12} {ver or 'not installed'}")
+        # "kernels" alone would read as seedfast.kernels: this is Hugging Face's package.
+        label = "hf kernels" if name == "kernels" else name
+        lines.append(f"{label:<12} {ver or 'not installed'}")
     lines.append(f"cuda runtime {info.cuda_runtime or 'none (CPU build of torch)'}")
     if info.gpus:
         for g in info.gpus:

@@ -1,5 +1,24 @@
 """SEED tokenizer, de-tokenizer, LLaMA decoder and SEED-LLaMA wrapper.
 
-Submodules are imported on demand (e.g. ``from seedfast.models.llama import Llama``) so that
-``import seedfast.models`` stays cheap.
+``from seedfast.models import SeedTokenizer, Llama`` works; each name imports its module on
+first use, so ``import seedfast.models`` stays cheap. The submodule paths work too.
 """
+from __future__ import annotations
+
+from seedfast._lazy import lazy_exports
+
+_EXPORTS = {
+    "SeedTokenizer": "seedfast.models.seed_tokenizer",
+    "SeedTokenizerConfig": "seedfast.models.tokenizer_config",
+    "Llama": "seedfast.models.llama",
+    "LlamaConfig": "seedfast.models.llama",
+    "SeedLlamaTokenizer": "seedfast.models.seed_llama",
+    "SeedDetokenizer": "seedfast.models.detokenizer",
+    "UnclipDetokenizer": "seedfast.models.detokenizer",
+    "PixelDetokenizer": "seedfast.models.detokenizer",
+    "PixelDetokenizerConfig": "seedfast.models.detokenizer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

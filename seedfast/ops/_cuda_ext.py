@@ -13,9 +13,11 @@ from types import ModuleType
 
 import seedfast
 
-# nvcc flags common to every op: C++17 (CUB needs it), fast code, and line info for profilers.
-CUDA_FLAGS = ("-O3", "-std=c++17", "-lineinfo")
-CXX_FLAGS = ("-O3", "-std=c++17")
+# Flags every op adds to torch's own: fast code, and line info for profilers. The language
+# standard, the ABI and the include paths come from ``torch.utils.cpp_extension`` itself (torch
+# 2.14's headers need C++20, older ones C++17), so they are never written down here.
+CUDA_FLAGS = ("-O3", "-lineinfo")
+CXX_FLAGS = ("-O3",)
 
 
 def csrc_dir() -> Path:
