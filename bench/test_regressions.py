@@ -22,17 +22,17 @@ def test_vq(benchmark, mode):
 
 
 def test_sampling(benchmark):
-    from seedfast.benchmarks import sampling as sampling_suite
+    from seedfast.benchmarks import constrained_sample as sampling_suite
 
-    case = Case("sampling", "sample", {"B": 64, "V": 40194, "dtype": "fp32"})
+    case = Case("constrained_sample", "sample", {"B": 64, "V": 40194, "dtype": "fp32"})
     tokens = benchmark(sampling_suite._build_seedfast("auto")(case, DEVICE))
     assert tokens is not None
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 def test_attention(benchmark, mode):
-    from seedfast.benchmarks import attention as attention_suite
+    from seedfast.benchmarks import qformer_attention as attention_suite
 
     params = {"B": 4, "H": 12, "Lq": 32, "Lk": 257, "D": 64, "shape": "cross", "causal": False,
               "kv_lens": True, "dtype": "fp32"}
-    benchmark(attention_suite._build_seedfast(Case("attention", mode, params), DEVICE))
+    benchmark(attention_suite._build_seedfast(Case("qformer_attention", mode, params), DEVICE))

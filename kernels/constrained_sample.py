@@ -91,7 +91,7 @@ def _row_uniform_kernel(seed_ptr, offset_ptr, rows_ptr, out_ptr, N, BLOCK: tl.co
     tl.store(out_ptr + i, _row_uniform(seed, offset, rows), mask=ok)
 
 
-def row_uniform_triton(seed: torch.Tensor, offset: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def constrained_sample_uniform(seed: torch.Tensor, offset: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """The kernels' uniform for int64 ``[N]`` ``seed``, ``offset``, ``rows`` (to test it against torch)."""
     n = rows.numel()
     out = torch.empty(n, dtype=torch.float32, device=rows.device)
@@ -488,7 +488,7 @@ def launch_config(b: int, v: int, cap: int | None, *, interpret: bool | None = N
     return {"ROWS": 1, "BLOCK_V": block_v, "CAP": cap, "CHUNK": min(cap, 16), "num_warps": 8 if v >= 4096 else 4}
 
 
-def constrained_sample_triton(
+def constrained_sample_forward(
     logits: torch.Tensor,
     image_pos: torch.Tensor,
     temperature: torch.Tensor,

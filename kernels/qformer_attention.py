@@ -330,7 +330,7 @@ def _check(**tensors: torch.Tensor) -> None:
         assert x.shape[3] <= MAX_HEAD_DIM, f"{name}: head_dim {x.shape[3]} exceeds MAX_HEAD_DIM={MAX_HEAD_DIM}"
 
 
-def attention_forward(
+def qformer_attention_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: torch.Tensor | None, *, causal: bool, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward on ``q [B, H, Lq, D]``, ``k, v [B, H, Lk, D]`` (unit stride in D).
@@ -361,7 +361,7 @@ def attention_forward(
     return out, lse
 
 
-def attention_backward(
+def qformer_attention_backward(
     grad_out: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,

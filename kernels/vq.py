@@ -12,7 +12,7 @@ value gets code 0.
 
 The backward kernel writes ``grad_z`` (straight-through gradient plus the VQ-loss term) and,
 unless the caller asks for the deterministic path, scatters the codebook gradient with
-atomics; ``codebook_grad_segments`` is the deterministic alternative over codes sorted by
+atomics; ``vq_codebook_grad_segments`` is the deterministic alternative over codes sorted by
 value.
 """
 from __future__ import annotations
@@ -249,10 +249,10 @@ def vq_backward(
         return grad_z, torch.zeros_like(codebook)
     if scatter:
         return grad_z, ge_acc.to(codebook.dtype)
-    return grad_z, codebook_grad_segments(z, codebook, codes, grad_loss, coeff_e)
+    return grad_z, vq_codebook_grad_segments(z, codebook, codes, grad_loss, coeff_e)
 
 
-def codebook_grad_segments(
+def vq_codebook_grad_segments(
     z: torch.Tensor, codebook: torch.Tensor, codes: torch.Tensor, grad_loss: torch.Tensor, coeff_e: float
 ) -> torch.Tensor:
     """Deterministic codebook gradient: rows grouped by code with a stable sort, each code's

@@ -5,9 +5,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 2, no traceback."""
+from seedfast.errors import CliError
 
 
 def _cmd_env(args: argparse.Namespace) -> int:

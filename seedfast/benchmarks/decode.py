@@ -31,8 +31,8 @@ from seedfast.benchmarks.harness import Case, Impl, PeerUnavailable, RunResult
 from seedfast.generation import generate
 from seedfast.generation.kv_cache import KVCache, cache_bytes_per_token
 from seedfast.models.llama import Llama, LlamaConfig, resolve_attention, rope_table
-from seedfast.models.seed_llama import tiny_visual_vocab
-from seedfast.ops.constrained_sample import VisualVocab
+from seedfast.models.seed_llama import seed_llama_vocab, tiny_visual_vocab
+from seedfast.visual_vocab import VisualVocab
 
 NAME = "decode"
 IMAGE_TOKENS = 33  # 32 codes + </img> after a forced <img>
@@ -41,7 +41,7 @@ IMAGE_SAMPLING = dict(temperature=1.0, top_k=0, top_p=0.5)  # the official scrip
 
 def _setup(device: torch.device) -> tuple[str, LlamaConfig, torch.dtype, VisualVocab]:
     if device.type == "cuda":
-        return "seed-llama-8b", LlamaConfig.seed_llama_8b(), torch.bfloat16, VisualVocab.seed_llama()
+        return "seed-llama-8b", LlamaConfig.seed_llama_8b(), torch.bfloat16, seed_llama_vocab()
     return "tiny", LlamaConfig.tiny(), torch.float32, tiny_visual_vocab()
 
 

@@ -18,16 +18,16 @@ from collections.abc import Callable
 import torch
 
 from seedfast.benchmarks.harness import Case, Impl, PeerUnavailable
+from seedfast.constants import BETA, CODE_DIM, CODEBOOK_SIZE
 from seedfast.ops import nearest_code, vq_quantize
 
 NAME = "vq"
-BETA = 0.25
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cases(*, quick: bool, device: torch.device) -> list[Case]:
     """SEED's sizes: K = 8192 codes of D = 32; N = 32 vectors per image × batch."""
-    k, d = 8192, 32
+    k, d = CODEBOOK_SIZE, CODE_DIM
     if device.type == "cuda":
         sizes = [8192, 262144] if quick else [8192, 262144, 1048576]
         dtypes = ["bf16"] if quick else ["bf16", "fp32"]

@@ -12,20 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from seedfast.errors import CliError
+
 DEFAULT_OUT = "seedfast-demo"
-
-
-def _cli_error(message: str) -> Exception:
-    from seedfast.cli import CliError
-
-    return CliError(message)
 
 
 def _require_diffusers() -> None:
     import importlib.util
 
     if importlib.util.find_spec("diffusers") is None:
-        raise _cli_error("the de-tokenizer needs diffusers, which is not installed: pip install 'seedfast[demo]'")
+        raise CliError("the de-tokenizer needs diffusers, which is not installed: pip install 'seedfast[demo]'")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -55,13 +51,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from seedfast.demo.report import GOALS
 
     if args.seed < 0:
-        raise _cli_error(f"--seed must be non-negative, got {args.seed}")
+        raise CliError(f"--seed must be non-negative, got {args.seed}")
     _require_diffusers()
     config = DemoConfig.quick() if args.quick else DemoConfig.full()
     try:
         result = run_demo(config, Path(args.out), seed=args.seed, progress=not args.no_progress)
     except DemoError as err:
-        raise _cli_error(str(err)) from None
+        raise CliError(str(err)) from None
     for key, value in result.metrics.items():
         goal = GOALS.get(key)
         met = goal is not None and value >= goal
@@ -93,7 +89,7 @@ def _models(args: argparse.Namespace) -> Any:
     try:
         return DemoModels.load(folder, tokenizer=args.tokenizer, detokenizer=args.detokenizer, llm=args.llm)
     except DemoModelError as err:
-        raise _cli_error(str(err)) from None
+        raise CliError(str(err)) from None
 
 
 def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -102,7 +98,7 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except CommandError as err:
-        raise _cli_error(str(err)) from None
+        raise CliError(str(err)) from None
 
 
 def add_tokenize_parser(sub: Any) -> argparse.ArgumentParser:
@@ -134,9 +130,9 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
 
 def _check_output_flags(args: argparse.Namespace) -> None:
     if args.seed < 0:
-        raise _cli_error(f"--seed must be non-negative, got {args.seed}")
+        raise CliError(f"--seed must be non-negative, got {args.seed}")
     if not 1 <= args.scale <= 64:
-        raise _cli_error(f"--scale must be in [1, 64], got {args.scale}")
+        raise CliError(f"--scale must be in [1, 64], got {args.scale}")
 
 
 def add_detokenize_parser(sub: Any) -> argparse.ArgumentParser:
@@ -202,7 +198,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     from seedfast.demo import commands
 
     if args.seed < 0:
-        raise _cli_error(f"--seed must be non-negative, got {args.seed}")
+        raise CliError(f"--seed must be non-negative, got {args.seed}")
     models = _models(args)
     captions = _run(commands.caption, models, args.images, seed=args.seed)
     for path, text in zip(args.images, captions):

@@ -28,7 +28,7 @@ from seedfast.models.detokenizer import SeedDetokenizer
 from seedfast.models.llama import Llama
 from seedfast.models.seed_llama import tiny_visual_vocab
 from seedfast.models.seed_tokenizer import SeedTokenizer
-from seedfast.ops.constrained_sample import VisualVocab
+from seedfast.visual_vocab import VisualVocab
 from seedfast.train.text import WordTokenizer, clean_caption
 
 FORMAT = "seedfast.demo"

@@ -34,6 +34,7 @@ from seedfast.models.seed_llama import (
     fill_image_slots,
     get_template,
     open_image_position,
+    seed_llama_vocab,
     split_generated,
 )
 from seedfast.ops.constrained_sample import VisualVocab, raise_on_flags
@@ -277,7 +278,7 @@ def generate(
         raise ValueError("generate: prompts is empty")
     if tokenizer is not None and vocab is not None and tokenizer.vocab != vocab:
         raise ValueError(f"generate: vocab {vocab} differs from the tokenizer's {tokenizer.vocab}")
-    vocab = vocab or (tokenizer.vocab if tokenizer is not None else VisualVocab.seed_llama())
+    vocab = vocab or (tokenizer.vocab if tokenizer is not None else seed_llama_vocab())
     if model.config.vocab_size < vocab.min_vocab_size:
         raise ValueError(f"generate: the vocab layout needs {vocab.min_vocab_size} ids but the model has "
                          f"{model.config.vocab_size}; pass vocab= for this model")

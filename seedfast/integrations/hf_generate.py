@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from seedfast.nn.sampler import image_positions
+from seedfast.nn.constrained_sample import image_positions
 from seedfast.ops import VisualVocab
 
 
@@ -26,7 +26,7 @@ class ImageGrammarLogitsProcessor(LogitsProcessor):
     Parameters
     ----------
     vocab : VisualVocab
-        The id layout (SEED-LLaMA: ``VisualVocab.seed_llama()``, after checking its
+        The id layout (SEED-LLaMA: ``seedfast.models.seed_llama.seed_llama_vocab()``, after checking its
         ``<img>``/``</img>`` ids against the tokenizer).
 
     Raises
@@ -52,7 +52,7 @@ class ImageGrammarLogitsProcessor(LogitsProcessor):
     Examples
     --------
     >>> from transformers import LogitsProcessorList
-    >>> grammar = ImageGrammarLogitsProcessor(VisualVocab.seed_llama())  # doctest: +SKIP
+    >>> grammar = ImageGrammarLogitsProcessor(seed_llama_vocab())  # doctest: +SKIP
     >>> model.generate(ids, do_sample=True, top_p=0.5,
     ...                logits_processor=LogitsProcessorList([grammar]))  # doctest: +SKIP
     """

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from seedfast.nn.quantizer import VectorQuantizer
+from seedfast.nn.vq import VectorQuantizer
 
 _VQ_PYTORCH_KEY = "_codebook.embed"
 _TAMING_KEY = "embedding.weight"

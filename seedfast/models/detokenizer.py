@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from seedfast._checks import dataclass_from_dict, is_int
+from seedfast.constants import GENERATION_EMBED_DIM
 
 if TYPE_CHECKING:
     from diffusers import StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
 
-GENERATION_EMBED_DIM = 1024
 # Spec §8: the official decode call.
 UNCLIP_STEPS = 20
 UNCLIP_GUIDANCE_SCALE = 10.0

@@ -16,8 +16,17 @@ from typing import Any
 
 import torch
 
+from seedfast.constants import (
+    CODEBOOK_SIZE,
+    CODES_PER_IMAGE,
+    SEED_LLAMA_BOI_ID,
+    SEED_LLAMA_EOI_ID,
+    SEED_LLAMA_EOS_ID,
+    SEED_LLAMA_FIRST_CODE_ID,
+    SEED_LLAMA_TEXT_VOCAB,
+)
 from seedfast.models.llama import Llama
-from seedfast.ops.constrained_sample import VisualVocab
+from seedfast.visual_vocab import VisualVocab
 
 IMAGE_PLACEHOLDER = "<image>"
 BOI_TOKEN, EOI_TOKEN = "<img>", "</img>"
@@ -223,7 +232,19 @@ def split_generated(ids: Sequence[int], vocab: VisualVocab, open_codes: Sequence
 # The text tokenizer
 
 
-def visual_vocab_from_tokenizer(tokenizer: Any, *, num_codes: int = 8192, codes_per_image: int = 32) -> VisualVocab:
+def seed_llama_vocab() -> VisualVocab:
+    """SEED-LLaMA's layout (spec §11.2): 32000 text ids, code ``k`` at ``32000 + k``, then ``<img>``, ``</img>``.
+
+    The spec infers ``<img>`` = 40192 and ``</img>`` = 40193 (8194 added tokens); a checkpoint's
+    tokenizer that says otherwise is read with :func:`visual_vocab_from_tokenizer`.
+    """
+    return VisualVocab(text_vocab_size=SEED_LLAMA_TEXT_VOCAB, first_code_id=SEED_LLAMA_FIRST_CODE_ID,
+                       num_codes=CODEBOOK_SIZE, boi_id=SEED_LLAMA_BOI_ID, eoi_id=SEED_LLAMA_EOI_ID,
+                       eos_id=SEED_LLAMA_EOS_ID, codes_per_image=CODES_PER_IMAGE)
+
+
+def visual_vocab_from_tokenizer(tokenizer: Any, *, num_codes: int = CODEBOOK_SIZE,
+                                codes_per_image: int = CODES_PER_IMAGE) -> VisualVocab:
     """Read the visual layout a Hugging Face tokenizer actually has (``<img>``, ``</img>``, ``<img_%05d>``).
 
     Raises
@@ -283,7 +304,7 @@ class SeedLlamaTokenizer:
 
     def __init__(self, tokenizer: Any, vocab: VisualVocab | None = None):
         self.tokenizer = tokenizer
-        self.vocab = VisualVocab.seed_llama() if vocab is None else vocab
+        self.vocab = seed_llama_vocab() if vocab is None else vocab
         check_tokenizer_layout(tokenizer, self.vocab)
 
     @classmethod

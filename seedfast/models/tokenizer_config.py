@@ -7,14 +7,10 @@ from typing import Any
 
 from seedfast._checks import dataclass_from_dict, is_int
 
-NUM_QUERY_TOKENS = 32
-"""Causal queries, hence visual codes, per image."""
-CODEBOOK_SIZE = 8192
-"""Codes in the codebook (LLaMA ids 32000 … 40191)."""
-CODE_DIM = 32
-"""Dimension of a code vector."""
-GENERATION_EMBED_DIM = 1024
-"""The unCLIP (OpenCLIP ViT-H/14) image embedding the generation head predicts."""
+from seedfast.constants import CODE_DIM, CODEBOOK_SIZE, GENERATION_EMBED_DIM, NUM_QUERY_TOKENS
+
+__all__ = ["ATTENTION_CHOICES", "CODEBOOK_SIZE", "CODE_DIM", "GENERATION_EMBED_DIM", "NUM_QUERY_TOKENS",
+           "SeedTokenizerConfig"]
 
 ATTENTION_CHOICES = ("fused", "sdpa")
 

@@ -10,9 +10,9 @@
 
 ``VisualVocab`` (the grammar's id layout) is re-exported from :mod:`seedfast.ops`.
 """
-from seedfast.nn.attention import QFormerAttention
-from seedfast.nn.quantizer import VectorQuantizer, VectorQuantizerOutput
-from seedfast.nn.sampler import ConstrainedSampler, image_positions
+from seedfast.nn.qformer_attention import QFormerAttention
+from seedfast.nn.vq import VectorQuantizer, VectorQuantizerOutput
+from seedfast.nn.constrained_sample import ConstrainedSampler, image_positions
 from seedfast.ops import VisualVocab
 
 __all__ = [

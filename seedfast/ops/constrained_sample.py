@@ -45,88 +45,17 @@ use) and ``"auto"`` (Triton on CUDA tensors, the reference elsewhere).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from seedfast._checks import is_int
 from seedfast.ops._common import FLOATING, check_same_device, check_tensor, resolve_backend
+from seedfast.visual_vocab import VisualVocab
 
 FLAG_NON_FINITE = 1
 FLAG_NOTHING_ALLOWED = 2
 
-SEED_LLAMA_TEXT_VOCAB = 32000
-SEED_LLAMA_NUM_CODES = 8192
-CODES_PER_IMAGE = 32
 _FLT_MAX = torch.finfo(torch.float32).max
-
-
-@dataclass(frozen=True)
-class VisualVocab:
-    """Where text, visual codes and the image markers sit in an LLM's vocabulary.
-
-    Attributes
-    ----------
-    text_vocab_size : int
-        Ids ``[0, text_vocab_size)`` are text (eos included).
-    first_code_id : int
-        Code ``c`` is id ``first_code_id + c``.
-    num_codes : int
-        Codebook size.
-    boi_id, eoi_id : int
-        ``<img>`` and ``</img>``.
-    eos_id : int
-        End of sequence; also what error rows emit.
-    codes_per_image : int
-        N: codes between ``<img>`` and ``</img>``.
-    """
-
-    text_vocab_size: int
-    first_code_id: int
-    num_codes: int
-    boi_id: int
-    eoi_id: int
-    eos_id: int
-    codes_per_image: int = CODES_PER_IMAGE
-
-    def __post_init__(self) -> None:
-        for name in ("text_vocab_size", "num_codes", "codes_per_image"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"VisualVocab: {name} must be >= 1, got {getattr(self, name)}")
-        codes = range(self.first_code_id, self.first_code_id + self.num_codes)
-        if self.first_code_id < self.text_vocab_size:
-            raise ValueError(f"VisualVocab: codes (from id {self.first_code_id}) overlap text ids "
-                             f"[0, {self.text_vocab_size})")
-        for name in ("boi_id", "eoi_id"):
-            value = getattr(self, name)
-            if value < self.text_vocab_size or value in codes:
-                raise ValueError(f"VisualVocab: {name}={value} must be outside text ids and codes")
-        if self.boi_id == self.eoi_id:
-            raise ValueError("VisualVocab: boi_id and eoi_id must differ")
-        if not 0 <= self.eos_id < self.text_vocab_size:
-            raise ValueError(f"VisualVocab: eos_id={self.eos_id} must be a text id in [0, {self.text_vocab_size})")
-
-    @property
-    def min_vocab_size(self) -> int:
-        """The smallest logits width this layout fits in."""
-        return max(self.first_code_id + self.num_codes, self.boi_id + 1, self.eoi_id + 1)
-
-    @classmethod
-    def seed_llama(cls) -> VisualVocab:
-        """SEED-LLaMA (spec §11.2): 32000 text ids, codes at 32000 + k, then ``<img>``, ``</img>``.
-
-        The spec infers ``<img>`` = 40192 and ``</img>`` = 40193 (8194 added tokens); read the
-        checkpoint's ``added_tokens.json`` and build the layout by hand if it says otherwise.
-        """
-        first = SEED_LLAMA_TEXT_VOCAB
-        return cls(
-            text_vocab_size=SEED_LLAMA_TEXT_VOCAB,
-            first_code_id=first,
-            num_codes=SEED_LLAMA_NUM_CODES,
-            boi_id=first + SEED_LLAMA_NUM_CODES,
-            eoi_id=first + SEED_LLAMA_NUM_CODES + 1,
-            eos_id=2,
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +206,7 @@ def _constrained_sample_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from seedfast.kernels import constrained_sample as kcs
 
-    return kcs.constrained_sample_triton(logits, image_pos, temperature, top_k, top_p, seed, offset, tuple(layout))
+    return kcs.constrained_sample_forward(logits, image_pos, temperature, top_k, top_p, seed, offset, tuple(layout))
 
 
 @torch.library.custom_op("seedfast::constrained_sample_cuda", mutates_args=())

@@ -89,7 +89,7 @@ def _attention_fwd_op(
     """``(out, lse)``: ``lse`` fp32 ``[B, H, Lq]``, natural log, ``+inf`` for rows that see no key."""
     from seedfast.kernels import qformer_attention as kqa
 
-    return kqa.attention_forward(q, k, v, kv_lens, causal=causal, scale=scale)
+    return kqa.qformer_attention_forward(q, k, v, kv_lens, causal=causal, scale=scale)
 
 
 @_attention_fwd_op.register_fake
@@ -113,7 +113,7 @@ def _attention_bwd_op(
     """``(dq, dk, dv)`` from the forward's inputs, ``out`` and ``lse``."""
     from seedfast.kernels import qformer_attention as kqa
 
-    return kqa.attention_backward(_unit_stride_d(grad_out), q, k, v, out, lse, kv_lens, causal=causal, scale=scale)
+    return kqa.qformer_attention_backward(_unit_stride_d(grad_out), q, k, v, out, lse, kv_lens, causal=causal, scale=scale)
 
 
 @_attention_bwd_op.register_fake

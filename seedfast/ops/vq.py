@@ -22,9 +22,9 @@ from typing import NamedTuple
 
 import torch
 
+from seedfast.constants import BETA
 from seedfast.ops._common import FLOATING, as_rows, check_same_device, check_tensor, resolve_backend
 
-BETA = 0.25
 _TRITON_MAX_DIM = 256
 _FLT_MAX = torch.finfo(torch.float32).max
 _CHUNK = 1024

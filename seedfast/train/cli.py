@@ -12,11 +12,7 @@ import signal
 import sys
 from typing import Any
 
-
-def _cli_error(message: str) -> Exception:
-    from seedfast.cli import CliError
-
-    return CliError(message)
+from seedfast.errors import CliError
 
 
 def add_train_parser(sub: Any) -> argparse.ArgumentParser:
@@ -50,7 +46,7 @@ def _config(args: argparse.Namespace) -> Any:
         table = read_toml(args.config) if args.config else read_preset(args.preset or "tiny")
         return build_config(args.stage, [table], args.overrides)
     except ConfigError as err:
-        raise _cli_error(str(err)) from None
+        raise CliError(str(err)) from None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -69,15 +65,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"wrote features to {path}", file=sys.stderr)
             return 0
         if args.steps is None or args.out is None:
-            raise _cli_error("--steps and --out are required to train")
+            raise CliError("--steps and --out are required to train")
         if args.steps < 1:
-            raise _cli_error(f"--steps must be at least 1, got {args.steps}")
+            raise CliError(f"--steps must be at least 1, got {args.steps}")
         from seedfast.train.loop import train
 
         result = train(cfg, args.out, steps=args.steps, resume_run=args.resume, device=args.device,
                        progress=not args.no_progress)
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
-        raise _cli_error(str(err)) from None
+        raise CliError(str(err)) from None
     if os.environ.get("RANK", "0") == "0":
         if result.stopped_by is None:
             print(f"step {result.step}: checkpoint {result.checkpoint}; model {result.final}", file=sys.stderr)
@@ -130,7 +126,7 @@ def _cmd_budget(args: argparse.Namespace) -> int:
             modes = args.mode or list(B.MODES)
             unknown = sorted(set(modes) - set(B.MODES))
             if unknown:
-                raise _cli_error(f"--mode: unknown {unknown}; choose from {', '.join(B.MODES)}")
+                raise CliError(f"--mode: unknown {unknown}; choose from {', '.join(B.MODES)}")
             result = measure_modes([read_preset(preset)], args.overrides, modes=modes, batch=args.batch,
                                    device=args.device, budget_ms=args.time_ms,
                                    progress=lambda s: print(f"measuring {s}", file=sys.stderr))
@@ -146,6 +142,6 @@ def _cmd_budget(args: argparse.Namespace) -> int:
                                   epochs=tuple(args.epochs) if args.epochs else (B.STAGE1_EPOCHS, B.STAGE2_EPOCHS),
                                   reference=reference, peak=args.peak_tflops)
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as err:
-        raise _cli_error(str(err)) from None
+        raise CliError(str(err)) from None
     print(B.format_budget(report))
     return 0

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from seedfast.data import clip_preprocess
-from seedfast.ops.constrained_sample import VisualVocab
+from seedfast.visual_vocab import VisualVocab
 from seedfast.train.data import RawBatch
 from seedfast.train.text import TextTokenizer, clean_caption, interleave, stage1_text
 

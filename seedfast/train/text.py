@@ -16,7 +16,7 @@ import torch
 
 from seedfast.data.scene import COLOURS, POSITION_PHRASES, RELATIONS, SHAPES, SIZES
 from seedfast.models.seed_llama import image_block
-from seedfast.ops.constrained_sample import VisualVocab
+from seedfast.visual_vocab import VisualVocab
 
 _PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
 

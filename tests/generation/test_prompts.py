@@ -19,7 +19,7 @@ from seedfast.models.seed_llama import (
     tiny_visual_vocab,
     visual_vocab_from_tokenizer,
 )
-from seedfast.ops.constrained_sample import VisualVocab
+from seedfast.visual_vocab import VisualVocab
 from tests.generation.tiny import FakeImageTokenizer, one_thread, tiny_pair  # noqa: F401 (one_thread: fixture)
 
 VOCAB = tiny_visual_vocab()

@@ -26,7 +26,7 @@ def test_imports_are_cheap():
 
 def test_seedfast_exposes_nn_lazily():
     assert _python("import seedfast; print(seedfast.nn.VectorQuantizer.__name__)") == "VectorQuantizer"
-    assert seedfast.nn.VectorQuantizer is seedfast.nn.quantizer.VectorQuantizer
+    assert seedfast.nn.VectorQuantizer is seedfast.nn.vq.VectorQuantizer
 
 
 def test_integrations_load_on_first_use():

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from seedfast.benchmarks import sampling as sampling_suite
+from seedfast.benchmarks import constrained_sample as sampling_suite
 from seedfast.benchmarks.harness import Case, PeerUnavailable
 from seedfast.kernels import constrained_sample as kcs
 from seedfast.ops.constrained_sample import (
@@ -24,6 +24,7 @@ from seedfast.ops.constrained_sample import (
     grammar_masks,
     row_uniform,
 )
+from seedfast.models.seed_llama import seed_llama_vocab
 from tests.aot import aot_compile
 
 # The interpreter evaluates both sides of every tl.where in numpy, including inf - inf on lanes
@@ -35,7 +36,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:Runti
 SMALL = VisualVocab(text_vocab_size=6, first_code_id=6, num_codes=8, boi_id=14, eoi_id=15, eos_id=1)
 # V = 47: the markers sit between text and codes.
 MID = VisualVocab(text_vocab_size=20, first_code_id=22, num_codes=24, boi_id=20, eoi_id=21, eos_id=2)
-SEED = VisualVocab.seed_llama()
+SEED = seed_llama_vocab()
 # V = 152064 (a Qwen-sized vocabulary) with the codes at the very end.
 AT_END = VisualVocab(text_vocab_size=143870, first_code_id=143872, num_codes=8192, boi_id=143870, eoi_id=143871,
                      eos_id=2)
@@ -180,7 +181,7 @@ def test_kernel_uniform_matches_row_uniform_bit_for_bit(device):
     rows = torch.randint(0, 2**31 - 1, (n,), generator=g, dtype=torch.int64)
     rows[:8] = torch.arange(8)
     expected = row_uniform(seed, offset, rows)
-    got = kcs.row_uniform_triton(seed.to(device), offset.to(device), rows.to(device)).cpu()
+    got = kcs.constrained_sample_uniform(seed.to(device), offset.to(device), rows.to(device)).cpu()
     assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
     assert (expected >= 0).all() and (expected < 1).all()
     # 24 bits, roughly uniform: each tenth of [0, 1) holds about a tenth of the values.
@@ -408,7 +409,7 @@ def test_refinement_and_fallback_paths_keep_the_same_tokens(cap, pivots, refine,
     """Small candidate caps force the refinement passes and the exact whole-row fallback."""
     case = random_case(1000, MID, 47, seed=23, device=device)
     ref = run(case, MID, "torch")
-    out = kcs.constrained_sample_triton(
+    out = kcs.constrained_sample_forward(
         case["logits"], case["image_pos"], case["temperature"], case["top_k"], case["top_p"], case["seed"],
         case["offset"], tuple(_layout(MID)), cap=cap, num_pivots=pivots, max_refine=refine)
     same = out[0] == ref[0]
@@ -425,7 +426,7 @@ def test_gpu_tiling_one_row_per_program(device):
     case["logits"][:8, vocab.boi_id] = 9.0  # <img> is the argmax of some text rows
     ref = run(case, vocab, "torch")
     for cap, refine in ((8, 1), (2, 0)):
-        out = kcs.constrained_sample_triton(
+        out = kcs.constrained_sample_forward(
             case["logits"], case["image_pos"], case["temperature"], case["top_k"], case["top_p"], case["seed"],
             case["offset"], tuple(_layout(vocab)), cap=cap, max_refine=refine, rows=1, block_v=16)
         assert_grammar(*out, case["logits"], case["image_pos"], vocab)
@@ -695,7 +696,7 @@ def test_graph_capture_check_needs_cuda():
 
 @pytest.mark.parametrize("mode", ["sample", "greedy"])
 def test_benchmark_closures_run_on_cpu(mode):
-    case = Case("sampling", mode, {"B": 4, "V": 40194, "dtype": "fp32"})
+    case = Case("constrained_sample", mode, {"B": 4, "V": 40194, "dtype": "fp32"})
     ran = []
     for impl in sampling_suite.impls:
         try:

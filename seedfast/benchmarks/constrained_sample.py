@@ -28,9 +28,10 @@ from collections.abc import Callable
 import torch
 
 from seedfast.benchmarks.harness import Case, Impl, PeerUnavailable
+from seedfast.models.seed_llama import seed_llama_vocab
 from seedfast.ops.constrained_sample import VisualVocab, constrained_sample, constrained_sample_reference, grammar_masks
 
-NAME = "sampling"
+NAME = "constrained_sample"
 TEMPERATURE = 1.0
 TOP_K = 50
 TOP_P = 0.9
@@ -44,7 +45,7 @@ LARGE_VOCAB = VisualVocab(text_vocab_size=143870, first_code_id=143872, num_code
 def vocab_for(v: int) -> VisualVocab:
     """The layout benchmarked at vocabulary size ``v`` (SEED-LLaMA's, or codes at the end)."""
     if v == 40194:
-        return VisualVocab.seed_llama()
+        return seed_llama_vocab()
     if v == 152064:
         return LARGE_VOCAB
     raise ValueError(f"no benchmark layout for V={v}; use 40194 or 152064")

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from seedfast._checks import check_positive_ints, is_int
+from seedfast.constants import BETA
 from seedfast.ops import nearest_code, vq_quantize
 from seedfast.ops._common import BACKENDS
 
-BETA = 0.25
 CODEBOOK_INITS = ("uniform", "normal", "data")
 
 

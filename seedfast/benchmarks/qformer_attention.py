@@ -36,10 +36,11 @@ from collections.abc import Callable
 import torch
 
 from seedfast.benchmarks.harness import Case, Impl, PeerUnavailable
+from seedfast.constants import NUM_QUERY_TOKENS
 from seedfast.ops import qformer_attention
 from seedfast.ops.qformer_attention import attention_mask
 
-NAME = "attention"
+NAME = "qformer_attention"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (name, H, Lq, Lk, D, causal, with kv_lens)
 _SHAPES = [
@@ -48,7 +49,6 @@ _SHAPES = [
     ("cross", 12, 32, 257, 64, False, False),
     ("eva", 16, 257, 257, 88, False, False),
 ]
-NUM_QUERY_TOKENS = 32
 
 
 def _kv_lens(p: dict, device: torch.device) -> torch.Tensor | None:
