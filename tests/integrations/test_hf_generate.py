@@ -10,7 +10,7 @@ transformers = pytest.importorskip("transformers")
 from seedfast.integrations import ImageGrammarLogitsProcessor  # noqa: E402
 from seedfast.nn import image_positions  # noqa: E402
 from seedfast.ops import VisualVocab, constrained_sample  # noqa: E402
-from tests.nn.test_sampler import grammar_violations  # noqa: E402
+from tests.nn.test_constrained_sample import grammar_violations  # noqa: E402
 
 # Text 0..19 (pad 0, bos 1, eos 2), codes 20..27, <img> 28, </img> 29, four codes per image.
 VOCAB = VisualVocab(text_vocab_size=20, first_code_id=20, num_codes=8, boi_id=28, eoi_id=29, eos_id=2,
