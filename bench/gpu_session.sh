@@ -18,6 +18,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log
 python3 -m seedfast env | tee "$OUT/env.txt"
 
 timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/ops tests/generation tests/models/test_llama.py \
+  tests/benchmarks/test_constrained_sample.py tests/benchmarks/test_decode.py \
   2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 
 timeout 300 python3 -m seedfast bench $quick --out "$OUT" --plot "$OUT/speedups.png" 2>"$OUT/bench.err" \

@@ -15,46 +15,11 @@ def _cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from seedfast.benchmarks import SUITES, load_suite
-    from seedfast.benchmarks.harness import format_table, load_result, plot_speedups, run_suites, write_result
-
-    if args.report:
-        result = load_result(args.report)
-    else:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise CliError("--device cuda: no CUDA GPU is visible to torch")
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        names = args.op or list(SUITES)
-        try:
-            suites = [load_suite(n) for n in names]
-        except ValueError as err:
-            raise CliError(str(err)) from err
-        total = sum(len(s.cases(quick=args.quick, device=device)) * len(s.impls) for s in suites)
-        with tqdm(total=total, desc="bench", unit="run", file=sys.stderr) as bar:
-            def progress(label: str) -> None:
-                bar.set_postfix_str(label[-60:])
-                bar.update(1)
-            result = run_suites(suites, quick=args.quick, device=device, progress=progress)
-        if not args.no_save:
-            path = write_result(result, args.out)
-            print(f"wrote {path}", file=sys.stderr)
-    print(format_table(result, markdown=args.markdown))
-    if args.plot:
-        try:
-            print(f"wrote {plot_speedups(result, args.plot)}", file=sys.stderr)
-        except RuntimeError as err:
-            raise CliError(str(err)) from err
-    return 0
-
-
 def _cmd_convert(args: argparse.Namespace) -> int:
     import torch
 
-    from seedfast.models.checkpoints import CheckpointError, convert_official
+    from seedfast.checkpoint_io import CheckpointError
+    from seedfast.models.checkpoints import convert_official
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     try:
@@ -89,19 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("env", help="print torch/triton/CUDA versions and the GPU (or say there is none)")
     p.set_defaults(func=_cmd_env)
 
-    p = sub.add_parser("bench", help="benchmark seedfast's ops against their peers")
-    p.add_argument("--quick", action="store_true", help="small sizes, short timing budget")
-    p.add_argument("--op", action="append", help="op to run (repeatable); default: all")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    p.add_argument("--out", default="bench/results", help="folder for the results JSON (default: bench/results)")
-    p.add_argument("--no-save", action="store_true", help="do not write a results JSON")
-    p.add_argument("--plot", metavar="PNG", help="draw speed-up vs size per peer")
-    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
-    p.add_argument("--report", metavar="JSON", help="print (and plot) a saved results JSON instead of running")
-    p.set_defaults(func=_cmd_bench)
+    from seedfast.benchmarks.cli import add_bench_parser, add_budget_parser
+    from seedfast.train.cli import add_train_parser
 
-    from seedfast.train.cli import add_budget_parser, add_train_parser
-
+    add_bench_parser(sub)
     add_train_parser(sub)
     add_budget_parser(sub)
 

@@ -3,7 +3,8 @@
 Each suite is a module with ``NAME``, ``cases(quick, device)`` and ``impls``; the shared
 harness in :mod:`seedfast.benchmarks.harness` times them side by side. An op's suite has the
 op's name (``seedfast.benchmarks.<op>``, ``bench/bench_<op>.py``); ``tokenizer`` and ``decode``
-time whole models.
+time whole models. :mod:`~seedfast.benchmarks.train_step` is no suite: it times training steps
+for ``seedfast budget``; :mod:`~seedfast.benchmarks.cli` holds both commands.
 """
 from __future__ import annotations
 

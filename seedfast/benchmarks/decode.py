@@ -29,7 +29,7 @@ import torch
 
 from seedfast.benchmarks.harness import Case, Impl, PeerUnavailable, RunResult
 from seedfast.generation import generate
-from seedfast.generation.kv_cache import KVCache, cache_bytes_per_token
+from seedfast.models.kv_cache import KVCache, cache_bytes_per_token
 from seedfast.models.llama import Llama, LlamaConfig, resolve_attention, rope_table
 from seedfast.models.seed_llama import seed_llama_vocab, tiny_visual_vocab
 from seedfast.visual_vocab import VisualVocab

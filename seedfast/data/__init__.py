@@ -1,10 +1,12 @@
 """The embedded dataset (procedural shape scenes with exact captions, no download), the
-attribute checker that scores generated images and captions against them, loaders for real
-image–caption data, and the tokenizer's image preprocessing.
+attribute checker that scores generated images and captions against them, and loaders for real
+image–caption data.
 
-Images are uint8 ``[B, 3, H, W]`` everywhere (``[3, H, W]`` in a Sample); the checker and
-``clip_preprocess`` also take floats in [0, 1]. Pillow is imported only when real data is read.
+Images are uint8 ``[B, 3, H, W]`` everywhere (``[3, H, W]`` in a Sample); the checker also takes
+floats in [0, 1]. Pillow is imported only when real data is read. The tokenizer's preprocessing
+(``clip_preprocess``) moved to :mod:`seedfast.models.preprocess`: data never needs a model.
 """
+from seedfast._lazy import moved_names
 from seedfast.data.checker import (
     attribute_accuracy,
     caption_accuracy,
@@ -22,7 +24,6 @@ from seedfast.data.files import (
     decode_image,
     open_image_captions,
 )
-from seedfast.data.preprocess import CLIP_IMAGE_SIZE, CLIP_MEAN, CLIP_STD, clip_preprocess
 from seedfast.data.procedural import SPLIT_STREAMS, ProceduralConfig, ProceduralDataset, sample_layout
 from seedfast.data.render import PlacedObject, SceneLayout, render_layouts
 from seedfast.data.samples import Batch, Sample, collate, iter_batches
@@ -39,9 +40,6 @@ from seedfast.data.scene import (
 )
 
 __all__ = [
-    "CLIP_IMAGE_SIZE",
-    "CLIP_MEAN",
-    "CLIP_STD",
     "COLOURS",
     "IMAGE_EXTENSIONS",
     "PALETTE",
@@ -63,7 +61,6 @@ __all__ = [
     "attribute_accuracy",
     "caption_accuracy",
     "checker_accuracy",
-    "clip_preprocess",
     "collate",
     "decode_image",
     "degrade_images",
@@ -77,3 +74,7 @@ __all__ = [
     "render_layouts",
     "sample_layout",
 ]
+
+# Old paths, for one release: named by string, so data does not import models.
+__getattr__ = moved_names(__name__, dict.fromkeys(("CLIP_IMAGE_SIZE", "CLIP_MEAN", "CLIP_STD", "clip_preprocess"),
+                                                  "seedfast.models.preprocess"))

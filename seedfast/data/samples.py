@@ -1,7 +1,7 @@
 """What every dataset yields: one :class:`Sample` at a time, or a :class:`Batch` of them.
 
 Images are uint8 RGB, channels first, values 0–255: exact, four times smaller than float32,
-and what :func:`seedfast.data.clip_preprocess` takes (it also takes floats in [0, 1]).
+and what :func:`seedfast.models.preprocess.clip_preprocess` takes (it also takes floats in [0, 1]).
 """
 from __future__ import annotations
 

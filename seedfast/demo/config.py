@@ -4,9 +4,9 @@ The full demo is sized to finish in at most 15 minutes on a 2-core CPU with no G
 one runs the same path with few steps (CI smoke, under 3 minutes) and says nothing about
 quality. Stages 1–3 train through :mod:`seedfast.train` (the code behind ``seedfast train``):
 :meth:`DemoConfig.stage_tables` gives each stage's settings in the TOML-table form that
-:func:`seedfast.train.config.build_config` reads; stage 1 starts from the frozen encoder of
+:func:`seedfast.train.config_sources.build_config` reads; stage 1 starts from the frozen encoder of
 :mod:`seedfast.demo.encoder`. The de-tokenizer trains with its own
-:meth:`~seedfast.models.detokenizer.PixelDetokenizer.train` on the stage-2 target embeddings of
+:func:`~seedfast.train.pixel_detokenizer.train_pixel_detokenizer` on the stage-2 target embeddings of
 real images, as SD-unCLIP's decoder on CLIP image embeddings (see :mod:`seedfast.demo.pipeline`).
 
 Why these choices (measured on the 2-core machine, 1-object scenes, held-out split):
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seedfast.models.detokenizer import PixelDetokenizerConfig
+from seedfast.models.pixel_detokenizer import PixelDetokenizerConfig
 
 STAGE_NAMES = {1: "tokenizer stage 1 (causal Q-Former, contrastive)",
                2: "tokenizer stage 2 (codebook + generation head)",
@@ -139,7 +139,7 @@ class DemoConfig:
 
     def stage_tables(self, stage: int, *, seed: int, init: Path | None = None,
                      tokenizer: Path | None = None) -> dict[str, Any]:
-        """Stage ``stage``'s settings as TOML tables for :func:`seedfast.train.config.build_config`.
+        """Stage ``stage``'s settings as TOML tables for :func:`seedfast.train.config_sources.build_config`.
 
         Parameters
         ----------

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from seedfast.checkpoint_io import load_safetensors, save_safetensors
 from seedfast.models.detokenizer import SeedDetokenizer
 from seedfast.models.llama import Llama
 from seedfast.models.seed_llama import tiny_visual_vocab
@@ -80,16 +81,21 @@ class EmbeddingNormaliser:
         return (embeddings.float() - self.mean.to(embeddings.device)) / self.std.to(embeddings.device)
 
     def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        save_file({"mean": self.mean.contiguous(), "std": self.std.contiguous()}, str(path),
-                  metadata={"format": FORMAT})
+        """Write ``mean`` and ``std`` to the safetensors file ``path``, atomically."""
+        save_safetensors(path, {"mean": self.mean, "std": self.std}, metadata={"format": FORMAT})
 
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingNormaliser:
-        from safetensors.torch import load_file
+        """Read a file written by :meth:`save`.
 
-        tensors = load_file(str(path))
+        Raises
+        ------
+        CheckpointError
+            The file is missing or unreadable (named).
+        ValueError
+            It does not hold exactly ``mean`` and ``std``.
+        """
+        tensors = load_safetensors(path)
         if set(tensors) != {"mean", "std"}:
             raise ValueError(f"{path}: expected tensors 'mean' and 'std', got {sorted(tensors)}")
         return cls(tensors["mean"], tensors["std"])
@@ -257,19 +263,13 @@ class DemoModels:
 
     def save(self, folder: str | Path) -> Path:
         """Write the bundle (manifest, tokenizer, de-tokenizer, LLM) into ``folder``; return it."""
-        from safetensors.torch import save_file
+        from seedfast.models.llama_hf import save_hf
 
         root = Path(folder)
         root.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(root / TOKENIZER_DIR)
         self.detokenizer.save(root / DETOKENIZER_DIR)
-        llm_dir = root / LLM_DIR
-        llm_dir.mkdir(exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in self.llm.hf_state_dict().items()},
-                  str(llm_dir / "model.safetensors"), metadata={"format": "pt"})
-        hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float32",
-              **self.llm.config.to_hf_dict()}
-        (llm_dir / "config.json").write_text(json.dumps(hf, indent=1) + "\n", encoding="utf-8")
+        save_hf(self.llm, None, root / LLM_DIR)
         (root / MANIFEST_FILE).write_text(json.dumps(self.manifest.to_dict(), indent=1) + "\n", encoding="utf-8")
         return root
 

@@ -35,7 +35,6 @@ from seedfast.data import (
     ProceduralDataset,
     attribute_accuracy,
     caption_accuracy,
-    clip_preprocess,
     image_accuracy,
     parse_caption,
     read_scenes,
@@ -43,7 +42,9 @@ from seedfast.data import (
 from seedfast.demo.config import STAGE_NAMES, DemoConfig
 from seedfast.demo.models import DemoModels, EmbeddingNormaliser, Manifest, NormalisedDetokenizer
 from seedfast.demo.report import Examples, StageSummary, write_metrics, write_report
+from seedfast.models.preprocess import clip_preprocess
 from seedfast.models.seed_tokenizer import SeedTokenizer
+from seedfast.train.pixel_detokenizer import train_pixel_detokenizer
 
 TRAIN_DIR = "train"
 MODELS_DIR = "models"
@@ -151,7 +152,7 @@ def _procedural(config: DemoConfig, seed: int, split: str, size: int) -> Procedu
 
 def _train_stage(config: DemoConfig, stage: int, folder: Path, seed: int, progress: bool, **paths: Path) -> tuple[
         Path, StageSummary]:
-    from seedfast.train.config import build_config
+    from seedfast.train.config_sources import build_config
     from seedfast.train.log import LOG_FILE
     from seedfast.train.loop import train
 
@@ -186,7 +187,7 @@ class _DetokenizerTraining:
     """The de-tokenizer's training on target embeddings, run in a thread (see the module docstring)."""
 
     def __init__(self, config: DemoConfig, seed: int, progress: bool) -> None:
-        from seedfast.models.detokenizer import PixelDetokenizer
+        from seedfast.models.pixel_detokenizer import PixelDetokenizer
         from seedfast.train.targets import build_target
 
         self.config, self.seed, self.progress = config, seed, progress
@@ -216,8 +217,8 @@ class _DetokenizerTraining:
         s = self.config.detokenizer
         t0 = time.perf_counter()
         try:
-            self.losses = self.model.train(self._batches(), steps=s.steps, lr=s.lr, warmup_steps=s.warmup,
-                                           seed=self.seed, progress=self.progress)
+            self.losses = train_pixel_detokenizer(self.model, self._batches(), steps=s.steps, lr=s.lr,
+                                                  warmup_steps=s.warmup, seed=self.seed, progress=self.progress)
         except BaseException as err:  # re-raised in the main thread by join()
             self.error = err
         self.seconds = time.perf_counter() - t0
@@ -242,7 +243,8 @@ def _train_all(config: DemoConfig, out: Path, seed: int, progress: bool) -> tupl
     from seedfast.demo.encoder import frozen_encoder_init
     from seedfast.models.llama import Llama
     from seedfast.models.seed_llama import tiny_visual_vocab
-    from seedfast.train.config import build_config, model_config
+    from seedfast.train.config import model_config
+    from seedfast.train.config_sources import build_config
     from seedfast.train.text import WordTokenizer
 
     runs = out / TRAIN_DIR

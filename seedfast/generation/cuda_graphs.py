@@ -5,12 +5,14 @@ One decode step is a fixed sequence of kernels over static tensors:
 1. :meth:`Llama.decode` writes each row's last token into the cache at ``cache.lengths[b]`` and
    returns logits;
 2. ``cache.lengths`` advances (finished rows run along, their outputs ignored);
-3. :func:`seedfast.ops.constrained_sample` draws the next token under the image grammar from
-   per-row tensors (temperature, top-k, top-p, seed, offset, image position);
+3. the runner's :class:`~seedfast.nn.ConstrainedSampler` draws the next token under the image
+   grammar (:meth:`~seedfast.nn.ConstrainedSampler.step`, the same code as the module's
+   ``forward``) from its per-row buffers (temperature, top-k, top-p, seed, offset, image
+   position), finished rows masked, and advances them in place;
 4. the token goes into column ``step`` of the output buffer, and the per-row state advances:
-   ``generated``, ``image_pos``, ``offset``, and ``done`` (eos, sampler error, or the row's limit
-   reached outside an image: a limit that falls inside an image lets it finish, so every image
-   has exactly ``codes_per_image`` codes).
+   ``generated`` and ``done`` (eos, sampler error, or the row's limit reached outside an image:
+   a limit that falls inside an image lets it finish, so every image has exactly
+   ``codes_per_image`` codes).
 
 Nothing in a step reads a value back to the host, so on CUDA the whole step is captured once
 into a CUDA graph per (batch bucket, attended-length bucket) and replayed per token. Batch
@@ -31,9 +33,10 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from seedfast.generation.kv_cache import KVCache
+from seedfast.models.kv_cache import KVCache
 from seedfast.models.llama import Llama, resolve_attention, rope_table
-from seedfast.ops.constrained_sample import VisualVocab, constrained_sample
+from seedfast.nn.constrained_sample import ConstrainedSampler
+from seedfast.visual_vocab import VisualVocab
 
 SEQ_BLOCK = 256  # attended-length bucket: one graph per 256 cached positions
 CAPACITY_BLOCK = 64  # cache positions are allocated in these steps
@@ -56,12 +59,13 @@ def round_up(n: int, multiple: int) -> int:
 class DecodeState:
     """Per-row tensors a captured step reads and writes in place (all ``[B]`` unless noted).
 
+    The sampling state (grammar position, seeds, offsets, settings, error flags) is the
+    runner's :class:`~seedfast.nn.ConstrainedSampler`'s; this is the rest.
+
     Attributes
     ----------
     tokens : int64
         Last sampled token: the next step's input.
-    image_pos : int32
-        The sampler's grammar position (``-1`` in text).
     done : bool
     generated : int32
         Tokens emitted so far.
@@ -69,10 +73,6 @@ class DecodeState:
         ``max_new_tokens`` per row.
     eos : int64
         The id that stops the row (``-1``: none).
-    temperature, top_p : float32
-    top_k, seed, offset : int64
-    flags : int32
-        OR of the sampler's error flags.
     out : int64 ``[B, T]``
         Emitted tokens; row ``b``'s are ``out[b, :generated[b]]``.
     step : int64 ``[1]``
@@ -80,38 +80,22 @@ class DecodeState:
     """
 
     tokens: torch.Tensor
-    image_pos: torch.Tensor
     done: torch.Tensor
     generated: torch.Tensor
     limits: torch.Tensor
     eos: torch.Tensor
-    temperature: torch.Tensor
-    top_p: torch.Tensor
-    top_k: torch.Tensor
-    seed: torch.Tensor
-    offset: torch.Tensor
-    flags: torch.Tensor
     out: torch.Tensor
     step: torch.Tensor
 
-    MUTABLE = ("tokens", "image_pos", "done", "generated", "offset", "flags", "step")
+    MUTABLE = ("tokens", "done", "generated", "step")
 
     @classmethod
     def allocate(cls, batch_size: int, max_tokens: int, device: torch.device) -> DecodeState:
         def z(dtype: torch.dtype, *shape: int) -> torch.Tensor:
             return torch.zeros(shape or (batch_size,), dtype=dtype, device=device)
 
-        return cls(tokens=z(torch.int64), image_pos=z(torch.int32), done=z(torch.bool), generated=z(torch.int32),
-                   limits=z(torch.int32), eos=z(torch.int64), temperature=z(torch.float32), top_p=z(torch.float32),
-                   top_k=z(torch.int64), seed=z(torch.int64), offset=z(torch.int64), flags=z(torch.int32),
-                   out=z(torch.int64, batch_size, max_tokens), step=z(torch.int64, 1))
-
-    def snapshot(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name).clone() for name in self.MUTABLE}
-
-    def restore(self, saved: dict[str, torch.Tensor]) -> None:
-        for name, value in saved.items():
-            getattr(self, name).copy_(value)
+        return cls(tokens=z(torch.int64), done=z(torch.bool), generated=z(torch.int32), limits=z(torch.int32),
+                   eos=z(torch.int64), out=z(torch.int64, batch_size, max_tokens), step=z(torch.int64, 1))
 
     @property
     def nbytes(self) -> int:
@@ -137,7 +121,7 @@ def _weights_key(model: Llama) -> tuple:
 
 
 class DecodeRunner:
-    """A KV cache, per-row decode state, rotary table and the CUDA graphs that step them.
+    """A KV cache, per-row decode state, a sampler, a rotary table and the CUDA graphs that step them.
 
     Parameters
     ----------
@@ -173,6 +157,9 @@ class DecodeRunner:
         self.cache = KVCache.allocate(model.config, batch_size, max_seq_len, dtype=model.dtype, device=device)
         self.rope = rope_table(model.config, max_seq_len, device)
         self.state = DecodeState.allocate(batch_size, max_seq_len, device)
+        # No per-call check (the sampler's default): a captured step must not synchronise, and
+        # generate checks the collected flags once, at the end.
+        self.sampler = ConstrainedSampler(vocab, batch_size, device=device)
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if use_cuda_graphs else None
         self.rows = 0
@@ -202,8 +189,9 @@ class DecodeRunner:
 
     @property
     def nbytes(self) -> int:
-        """Device bytes held: cache, state and rotary table (graph pools not included)."""
-        return self.cache.nbytes + self.state.nbytes + sum(t.nbytes for t in self.rope)
+        """Device bytes held: cache, state, sampler and rotary table (graph pools not included)."""
+        sampler = sum(t.nbytes for t in self.sampler.buffers())
+        return self.cache.nbytes + self.state.nbytes + sampler + sum(t.nbytes for t in self.rope)
 
     # -- a generation -------------------------------------------------------------------------
 
@@ -226,25 +214,20 @@ class DecodeRunner:
             raise ValueError(f"DecodeRunner.start: {n} prompts (batch {batch}) needing {need} positions do not fit "
                              f"a runner of {self.batch_size} rows × {self.max_seq_len} positions")
         dev = self.cache.k.device
-        st = self.state
+        st, sampler = self.state, self.sampler
         st.done.fill_(True)
-        st.flags.zero_()
         st.generated.zero_()
-        st.offset.zero_()
         st.step.zero_()
-        st.image_pos.fill_(-1)
-        st.limits.zero_()
         st.tokens.fill_(self.vocab.eos_id)
-        st.temperature.zero_()
-        st.top_k.zero_()
-        st.top_p.fill_(1.0)
-        st.seed.zero_()
-        st.eos.fill_(-1)
         self.cache.reset()
-        for name, dtype in (("image_pos", torch.int32), ("limits", torch.int32), ("temperature", torch.float32),
-                            ("top_k", torch.int64), ("top_p", torch.float32), ("seed", torch.int64),
-                            ("eos", torch.int64)):
-            getattr(st, name)[:n].copy_(torch.tensor(list(getattr(rows, name)), dtype=dtype))
+        sampler.reset()  # offsets and error flags 0
+        # Rows past the prompts (the batch bucket's padding) stay done, greedy and in text.
+        for buffer, values, idle in ((st.limits, rows.limits, 0), (st.eos, rows.eos, -1),
+                                     (sampler.image_pos, rows.image_pos, -1), (sampler.seed, rows.seed, 0),
+                                     (sampler.temperature, rows.temperature, 0.0), (sampler.top_k, rows.top_k, 0),
+                                     (sampler.top_p, rows.top_p, 1.0)):
+            buffer.fill_(idle)
+            buffer[:n].copy_(torch.tensor(list(values), dtype=buffer.dtype))
         st.done[:n] = False
         padded = torch.full((n, longest), self.vocab.eos_id, dtype=torch.int64)
         for b, p in enumerate(prompts):
@@ -288,26 +271,20 @@ class DecodeRunner:
         n = self.rows
         out = self.state.out[:n, : self.steps].cpu()
         generated = self.state.generated[:n].tolist()
-        return [out[b, : generated[b]].tolist() for b in range(n)], self.state.flags[:n].tolist()
+        return [out[b, : generated[b]].tolist() for b in range(n)], self.sampler.error_flags[:n].tolist()
 
     # -- the step -----------------------------------------------------------------------------
 
     def _sample_and_advance(self, logits: torch.Tensor, b: int) -> None:
         st = self.state
-        tok, nxt, flags = constrained_sample(
-            logits, st.image_pos[:b], vocab=self.vocab, temperature=st.temperature[:b], top_k=st.top_k[:b],
-            top_p=st.top_p[:b], seed=st.seed[:b], offset=st.offset[:b], check=False, return_flags=True)
         active = ~st.done[:b]
-        tok = torch.where(active, tok, self.vocab.eos_id)
+        tok, flags = self.sampler.step(logits, active)
         st.out[:b].scatter_(1, st.step.view(1, 1).expand(b, 1), tok[:, None])
-        st.flags[:b] |= torch.where(active, flags, 0)
         st.generated[:b] += active.to(torch.int32)
-        pos = torch.where(active, nxt, st.image_pos[:b])
-        st.image_pos[:b] = pos
-        stop = (tok == st.eos[:b]) | (flags != 0) | ((st.generated[:b] >= st.limits[:b]) & (pos < 0))
+        in_text = self.sampler.image_pos[:b] < 0
+        stop = (tok == st.eos[:b]) | (flags != 0) | ((st.generated[:b] >= st.limits[:b]) & in_text)
         st.done[:b] |= stop
         st.tokens[:b] = tok
-        st.offset[:b] += 1
         st.step += 1
 
     def _decode_step(self, b: int, s: int) -> None:
@@ -318,21 +295,28 @@ class DecodeRunner:
         self.cache.lengths[:b] += 1
         self._sample_and_advance(logits, b)
 
+    def _mutable(self) -> list[torch.Tensor]:
+        """Every tensor a step advances (the output column it writes is rewritten, not advanced)."""
+        st, sampler = self.state, self.sampler
+        return [*(getattr(st, name) for name in DecodeState.MUTABLE), sampler.image_pos, sampler.offset,
+                sampler.error_flags, self.cache.lengths]
+
     def _graph(self, b: int, s: int) -> torch.cuda.CUDAGraph:
         graph = self.graphs.get((b, s))
         if graph is not None:
             return graph
         # Warm-up runs the real step and so advances the state; it is restored before capture.
         # The cache slot the warm-up wrote is the one the captured step rewrites with the same values.
-        saved, lengths = self.state.snapshot(), self.cache.lengths.clone()
+        live = self._mutable()
+        saved = [t.clone() for t in live]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
                 self._decode_step(b, s)
         torch.cuda.current_stream().wait_stream(side)
-        self.state.restore(saved)
-        self.cache.lengths.copy_(lengths)
+        for tensor, value in zip(live, saved):
+            tensor.copy_(value)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             self._decode_step(b, s)

@@ -33,6 +33,7 @@ from seedfast.models.seed_llama import (
     SeedLlamaTokenizer,
     fill_image_slots,
     get_template,
+    open_image_codes,
     open_image_position,
     seed_llama_vocab,
     split_generated,
@@ -185,13 +186,6 @@ def _prompt_ids(prompt: str | Sequence[int], codes: list[list[int]], i: int, tok
     return ids
 
 
-def _open_codes(ids: list[int], pos: int, vocab: VisualVocab) -> list[int] | None:
-    """The codes of the image a prompt leaves open (``pos >= 0``), else None."""
-    if pos < 0:
-        return None
-    return [t - vocab.first_code_id for t in ids[len(ids) - pos:]]
-
-
 @torch.no_grad()
 def generate(
     model: Llama,
@@ -259,7 +253,8 @@ def generate(
     progress : bool
         A tqdm bar over decode steps.
     check : bool
-        Raise when a row stopped on a sampler error (NaN/inf logits).
+        Raise when a row stopped on a sampler error (NaN/inf logits): once, after the run, from
+        the flags the decode steps collect on the device (the steps themselves never check).
 
     Returns
     -------
@@ -314,7 +309,7 @@ def generate(
     tokens, flags = runner.collect()
     if check:
         raise_on_flags(torch.tensor(flags, dtype=torch.int32))
-    return _outputs(ids, positions, tokens, flags, eos, vocab, tokenizer, image_tokenizer, detokenizer, seeds[0],
+    return _outputs(ids, tokens, flags, eos, vocab, tokenizer, image_tokenizer, detokenizer, seeds[0],
                     model.device)
 
 
@@ -351,11 +346,11 @@ def _stream(runner, on_token: TokenCallback, done_before: torch.Tensor) -> torch
     return done
 
 
-def _outputs(ids, positions, tokens, flags, eos, vocab, tokenizer, image_tokenizer, detokenizer, seed,
+def _outputs(ids, tokens, flags, eos, vocab, tokenizer, image_tokenizer, detokenizer, seed,
              device) -> list[GenerationOutput]:
     results = []
     for b, row in enumerate(tokens):
-        parts = split_generated(row, vocab, _open_codes(ids[b], positions[b], vocab))
+        parts = split_generated(row, vocab, open_image_codes(ids[b], vocab))
         reason = "error" if flags[b] else ("eos" if row and row[-1] == eos else "length")
         texts = [tokenizer.decode(s) for s in parts.text_ids] if tokenizer is not None else parts.text_ids
         image_codes = torch.tensor(parts.image_codes, dtype=torch.int64).reshape(-1, vocab.codes_per_image)

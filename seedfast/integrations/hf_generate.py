@@ -18,6 +18,7 @@ from transformers import LogitsProcessor
 
 from seedfast.nn.constrained_sample import image_positions
 from seedfast.ops import VisualVocab
+from seedfast.ops.constrained_sample import grammar_masks
 
 
 class ImageGrammarLogitsProcessor(LogitsProcessor):
@@ -67,11 +68,9 @@ class ImageGrammarLogitsProcessor(LogitsProcessor):
         """Boolean ``[V]`` masks: allowed in text, inside a span, and the closing marker (cached)."""
         key = (v, device)
         if key not in self._masks:
-            ids = torch.arange(v, device=device)
-            vocab = self.vocab
-            text = (ids < vocab.text_vocab_size) | (ids == vocab.boi_id)
-            span = (ids >= vocab.first_code_id) & (ids < vocab.first_code_id + vocab.num_codes)
-            self._masks[key] = (text, span, ids == vocab.eoi_id)
+            # The op's own masks: this processor and the fused sampler allow the same ids.
+            text, span = grammar_masks(self.vocab, v, device)
+            self._masks[key] = (text, span, torch.arange(v, device=device) == self.vocab.eoi_id)
         return self._masks[key]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:

@@ -11,12 +11,14 @@ _EXPORTS = {
     "SeedTokenizer": "seedfast.models.seed_tokenizer",
     "SeedTokenizerConfig": "seedfast.models.tokenizer_config",
     "Llama": "seedfast.models.llama",
-    "LlamaConfig": "seedfast.models.llama",
+    "LlamaConfig": "seedfast.models.llama_config",
+    "KVCache": "seedfast.models.kv_cache",
+    "save_hf": "seedfast.models.llama_hf",
     "SeedLlamaTokenizer": "seedfast.models.seed_llama",
     "SeedDetokenizer": "seedfast.models.detokenizer",
-    "UnclipDetokenizer": "seedfast.models.detokenizer",
-    "PixelDetokenizer": "seedfast.models.detokenizer",
-    "PixelDetokenizerConfig": "seedfast.models.detokenizer",
+    "UnclipDetokenizer": "seedfast.models.unclip_detokenizer",
+    "PixelDetokenizer": "seedfast.models.pixel_detokenizer",
+    "PixelDetokenizerConfig": "seedfast.models.pixel_detokenizer",
 }
 
 __all__ = sorted(_EXPORTS)

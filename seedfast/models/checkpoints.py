@@ -17,28 +17,34 @@ Every other difference is an error naming the keys: a key the model needs that i
 (with its expected shape), an unknown key, a shape mismatch.
 
 Own format: a directory with ``model.safetensors`` (the model's ``state_dict()``, official key
-names) and ``config.json`` (``{"format", "version", "config"}``).
+names) and ``config.json`` (``{"format", "version", "config", "files"}``), written and verified
+by :mod:`seedfast.checkpoint_io` with ``config.json`` as the manifest: a damaged weights file is
+refused, naming it. Version 1 directories (no checksums) still load, with a warning.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+# CheckpointError stays importable from here (its home before seedfast.checkpoint_io).
+from seedfast.checkpoint_io import CheckpointError, load_json, load_safetensors, read_folder, write_folder
 from seedfast.models.seed_tokenizer import SeedTokenizer
 from seedfast.models.tokenizer_config import SeedTokenizerConfig
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "seedfast-seed-tokenizer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_VERSION = 1
+"""Directories without checksums, written before seedfast.checkpoint_io; read, not written."""
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 VIT_PREFIX = "visual_encoder."
@@ -61,38 +67,7 @@ _VIT_BLOCK = re.compile(r"blocks\.(\d+)\.")
 _MAX_LISTED = 30
 
 
-class CheckpointError(ValueError):
-    """A checkpoint does not fit the model. The attributes list every offending key.
-
-    Attributes
-    ----------
-    missing : dict[str, tuple[int, ...]]
-        Keys the model needs, with their expected shapes.
-    unexpected : dict[str, tuple[int, ...]]
-        Keys the model does not know, with their shapes in the file.
-    mismatched : dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
-        Keys whose shape differs: ``(expected, got)``.
-    """
-
-    def __init__(self, source: str, missing: dict, unexpected: dict, mismatched: dict) -> None:
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        parts = []
-        if missing:
-            parts.append(_listing(f"{len(missing)} missing key(s) (expected shape)",
-                                  [f"{k} {list(s)}" for k, s in missing.items()]))
-        if unexpected:
-            parts.append(_listing(f"{len(unexpected)} unexpected key(s) (shape in file)",
-                                  [f"{k} {list(s)}" for k, s in unexpected.items()]))
-        if mismatched:
-            parts.append(_listing(f"{len(mismatched)} shape mismatch(es)",
-                                  [f"{k}: expected {list(e)}, got {list(g)}" for k, (e, g) in mismatched.items()]))
-        super().__init__(f"{source} does not fit the SEED tokenizer:\n" + "\n".join(parts))
-
-
-def _listing(title: str, lines: list[str]) -> str:
-    shown = lines[:_MAX_LISTED]
-    more = f"\n    … and {len(lines) - len(shown)} more" if len(lines) > len(shown) else ""
-    return f"  {title}:\n" + "\n".join(f"    {line}" for line in shown) + more
+TARGET = "the SEED tokenizer"
 
 
 @dataclass(frozen=True)
@@ -239,7 +214,7 @@ def load_official_state_dict(
         else:
             missing[key] = _shape(param)
     if missing or unexpected or mismatched:
-        raise CheckpointError(source, missing, unexpected, mismatched)
+        raise CheckpointError.for_keys(source, TARGET, missing, unexpected, mismatched)
     model.load_state_dict(loaded, strict=False, assign=True)
     return LoadReport(tuple(loaded), tuple(ignored), tuple(initialised))
 
@@ -316,22 +291,60 @@ def load_official(
 
 
 def save_tokenizer(model: SeedTokenizer, directory: str | Path) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created if needed).
+    """Write ``model.safetensors`` and ``config.json`` as the folder ``directory``, atomically.
+
+    An existing folder is replaced only once the new one is complete (see
+    :func:`seedfast.checkpoint_io.write_folder`); ``config.json`` records each file's size and
+    SHA-256.
 
     Returns
     -------
     Path
         ``directory``.
     """
-    from safetensors.torch import save_file
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": model.config.to_dict()}
-    (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    return out
+    return write_folder(directory, {WEIGHTS_FILE: model.state_dict(), CONFIG_FILE: meta}, manifest=CONFIG_FILE,
+                        metadata={"format": FORMAT})
+
+
+def read_tokenizer_folder(
+    directory: str | Path, *, device: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and verify a directory written by :func:`save_tokenizer`, without building a model.
+
+    Returns
+    -------
+    meta : dict
+        ``config.json`` (``"config"`` holds the :class:`SeedTokenizerConfig` fields).
+    tensors : dict of str to Tensor
+        ``model.safetensors`` on ``device``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``config.json`` or ``model.safetensors`` is absent.
+    ValueError
+        Not a seedfast tokenizer directory, or an unsupported version.
+    CheckpointError
+        A damaged file: another size or checksum than recorded, unreadable JSON or
+        safetensors (the file named).
+    """
+    root = Path(directory)
+    config_path, weights_path = root / CONFIG_FILE, root / WEIGHTS_FILE
+    for p in (config_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{root}: no {p.name} (expected a directory written by SeedTokenizer.save)")
+    meta = load_json(config_path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else meta
+        raise ValueError(f"{config_path}: format {got!r}, expected {FORMAT!r}")
+    if meta.get("version") == LEGACY_VERSION:
+        logger.warning("%s: written without checksums by an older seedfast; save it again to protect it", root)
+        return meta, load_safetensors(weights_path, device=device)
+    if meta.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{config_path}: version {meta.get('version')!r}, this seedfast reads {FORMAT_VERSION}")
+    files = read_folder(root, manifest=CONFIG_FILE, device=device)
+    return files[CONFIG_FILE], files[WEIGHTS_FILE]
 
 
 def load_tokenizer(
@@ -352,28 +365,15 @@ def load_tokenizer(
 
     Raises
     ------
-    FileNotFoundError
-        ``config.json`` or ``model.safetensors`` is absent.
-    ValueError
-        Not a seedfast tokenizer directory, or an unsupported version.
+    FileNotFoundError, ValueError
+        As :func:`read_tokenizer_folder`.
     CheckpointError
-        The weights do not match the config (keys named).
+        A damaged file (named), or weights that do not match the config (keys named).
     """
-    from safetensors.torch import load_file
-
     root = Path(directory)
-    config_path, weights_path = root / CONFIG_FILE, root / WEIGHTS_FILE
-    for p in (config_path, weights_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{root}: no {p.name} (expected a directory written by SeedTokenizer.save)")
-    meta = json.loads(config_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{config_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    if meta.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{config_path}: version {meta.get('version')!r}, this seedfast reads {FORMAT_VERSION}")
-    config = SeedTokenizerConfig.from_dict(meta["config"])
     device = torch.device(device)
-    tensors = load_file(str(weights_path), device=str(device))
+    meta, tensors = read_tokenizer_folder(root, device=device)
+    config = SeedTokenizerConfig.from_dict(meta["config"])
     with torch.device("meta"):
         model = SeedTokenizer(config)
     expected = model.state_dict()
@@ -382,7 +382,7 @@ def load_tokenizer(
     mismatched = {k: (_shape(expected[k]), _shape(v)) for k, v in tensors.items()
                   if k in expected and _shape(v) != _shape(expected[k])}
     if missing or unexpected or mismatched:
-        raise CheckpointError(str(weights_path), missing, unexpected, mismatched)
+        raise CheckpointError.for_keys(str(root / WEIGHTS_FILE), TARGET, missing, unexpected, mismatched)
     model.load_state_dict(tensors, strict=True, assign=True)
     if dtype is not None:
         model.to(dtype)

@@ -6,10 +6,13 @@ Module names reproduce the official ``Qformer.bert.*`` state-dict keys (``embedd
 ``output_query``, and for the stage-1 text path ``embeddings.word_embeddings``,
 ``embeddings.position_embeddings``, ``intermediate``, ``output``).
 
-Every attention call goes through one function with the signature of
-:func:`seedfast.ops.qformer_attention` (``q, k, v`` as ``[B, H, L, D]``, keyword ``causal`` and
-``kv_lens``); :attr:`CausalQFormer.attend` selects it, so the fused op, an explicit-mask SDPA or
-a benchmark's eager peer run the same model.
+Every attention is a :class:`seedfast.nn.QFormerAttention` (the module users get) in its
+``"bert"`` layout, registered as ``attention.self`` / ``crossattention.self`` so that its
+``query``/``key``/``value`` keep the official names; its output projection is BERT's
+``output.dense``, applied with the residual and LayerNorm. Each calls one function with the
+signature of :func:`seedfast.ops.qformer_attention` (``q, k, v`` as ``[B, H, L, D]``, keyword
+``causal`` and ``kv_lens``); :attr:`CausalQFormer.attend` sets it on all of them, so the fused
+op, an explicit-mask SDPA or a benchmark's eager peer run the same model.
 
 Deviations from the official code (``qformer_causual.py``):
 
@@ -31,16 +34,12 @@ Deviations from the official code (``qformer_causual.py``):
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seedfast.nn.qformer_attention import AttentionFn, QFormerAttention
 from seedfast.ops import qformer_attention, qformer_attention_reference
-
-AttentionFn = Callable[..., torch.Tensor]
-"""``fn(q, k, v, *, causal: bool, kv_lens: Tensor | None) -> Tensor``, layout ``[B, H, L, D]``."""
 
 ATTENTION_IMPLS: dict[str, AttentionFn] = {
     # The fused op: Triton on CUDA tensors, the explicit-mask reference elsewhere.
@@ -48,16 +47,6 @@ ATTENTION_IMPLS: dict[str, AttentionFn] = {
     # SDPA with an explicit boolean mask everywhere (the "SDPA everywhere" baseline).
     "sdpa": qformer_attention_reference,
 }
-
-
-class BertSelfAttentionProjections(nn.Module):
-    """``query`` from the hidden states, ``key``/``value`` from ``kv_width``-wide context."""
-
-    def __init__(self, hidden: int, kv_width: int) -> None:
-        super().__init__()
-        self.query = nn.Linear(hidden, hidden)
-        self.key = nn.Linear(kv_width, hidden)
-        self.value = nn.Linear(kv_width, hidden)
 
 
 class BertResidualOutput(nn.Module):
@@ -94,39 +83,30 @@ class BertAttention(nn.Module):
         Width of the key/value source: ``hidden`` for self-attention, the ViT width for
         cross-attention.
     eps, dropout : float
+    attention : callable
+        The attention function (see :data:`AttentionFn`).
     """
 
-    def __init__(self, hidden: int, kv_width: int, num_heads: int, eps: float, dropout: float) -> None:
+    def __init__(self, hidden: int, kv_width: int, num_heads: int, eps: float, dropout: float,
+                 attention: AttentionFn) -> None:
         super().__init__()
-        self.num_heads = num_heads
-        self.self = BertSelfAttentionProjections(hidden, kv_width)
+        self.self = QFormerAttention(hidden, num_heads, kv_dim=kv_width, layout="bert", attention=attention)
         self.output = BertResidualOutput(hidden, hidden, eps, dropout)
 
     def forward(
         self,
         hidden: torch.Tensor,
-        context: torch.Tensor,
+        context: torch.Tensor | None = None,
         *,
-        attend: AttentionFn,
         causal: bool = False,
         kv_lens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``hidden [b, Lq, hidden]`` attends to ``context [B, Lk, kv_width]``.
+        """``hidden [b, Lq, hidden]`` attends to ``context [B, Lk, kv_width]`` (None: to itself).
 
         ``b`` may be 1 with ``B > 1`` (shared queries): the queries are then broadcast, and the
         result has batch ``B``.
         """
-        b, lq, width = hidden.shape
-        bk, lk, _ = context.shape
-        d = width // self.num_heads
-        proj = self.self
-        q = proj.query(hidden).view(b, lq, self.num_heads, d).transpose(1, 2)
-        k = proj.key(context).view(bk, lk, self.num_heads, d).transpose(1, 2)
-        v = proj.value(context).view(bk, lk, self.num_heads, d).transpose(1, 2)
-        if b != bk:
-            q = q.expand(bk, -1, -1, -1)
-        out = attend(q, k, v, causal=causal, kv_lens=kv_lens)
-        return self.output(out.transpose(1, 2).reshape(bk, lq, width), hidden)
+        return self.output(self.self(hidden, context, causal=causal, kv_lens=kv_lens), hidden)
 
 
 class QFormerLayer(nn.Module):
@@ -141,6 +121,8 @@ class QFormerLayer(nn.Module):
         ViT width for a layer with cross-attention; None for a layer without.
     text_ffn : bool
         Build the text FFN (``intermediate``/``output``), used only by the text path.
+    attention : callable
+        The attention function of both attentions (see :data:`AttentionFn`).
     """
 
     def __init__(
@@ -153,11 +135,13 @@ class QFormerLayer(nn.Module):
         dropout: float,
         encoder_width: int | None,
         text_ffn: bool,
+        attention: AttentionFn,
     ) -> None:
         super().__init__()
-        self.attention = BertAttention(hidden, hidden, num_heads, eps, dropout)
+        self.attention = BertAttention(hidden, hidden, num_heads, eps, dropout, attention)
         self.crossattention = (
-            BertAttention(hidden, encoder_width, num_heads, eps, dropout) if encoder_width is not None else None
+            BertAttention(hidden, encoder_width, num_heads, eps, dropout, attention)
+            if encoder_width is not None else None
         )
         self.intermediate_query = BertIntermediate(hidden, intermediate)
         self.output_query = BertResidualOutput(intermediate, hidden, eps, dropout)
@@ -165,16 +149,16 @@ class QFormerLayer(nn.Module):
             self.intermediate = BertIntermediate(hidden, intermediate)
             self.output = BertResidualOutput(intermediate, hidden, eps, dropout)
 
-    def forward_queries(self, h: torch.Tensor, image_embeds: torch.Tensor, attend: AttentionFn) -> torch.Tensor:
+    def forward_queries(self, h: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         """``h [b, Lq, hidden]`` (b = 1 or B) → ``[b or B, Lq, hidden]``."""
-        h = self.attention(h, h, attend=attend, causal=True)
+        h = self.attention(h, causal=True)
         if self.crossattention is not None:
-            h = self.crossattention(h, image_embeds, attend=attend)
+            h = self.crossattention(h, image_embeds)
         return self.output_query(self.intermediate_query(h), h)
 
-    def forward_text(self, h: torch.Tensor, lengths: torch.Tensor, attend: AttentionFn) -> torch.Tensor:
+    def forward_text(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``h [B, T, hidden]`` with keys ``>= lengths[b]`` masked → ``[B, T, hidden]``."""
-        h = self.attention(h, h, attend=attend, kv_lens=lengths)
+        h = self.attention(h, kv_lens=lengths)
         return self.output(self.intermediate(h), h)
 
 
@@ -246,6 +230,7 @@ class CausalQFormer(nn.Module):
                 dropout=dropout,
                 encoder_width=encoder_width if i % cross_attention_freq == 0 else None,
                 text_ffn=text,
+                attention=attention,
             )
             for i in range(num_layers)
         )
@@ -255,7 +240,19 @@ class CausalQFormer(nn.Module):
             "encoder": nn.ModuleDict({"layer": layers}),
         })
         self.has_text = text
-        self.attend: AttentionFn = attention
+        self._attend = attention
+
+    @property
+    def attend(self) -> AttentionFn:
+        """The attention function of every layer; assigning it sets it on all of them."""
+        return self._attend
+
+    @attend.setter
+    def attend(self, fn: AttentionFn) -> None:
+        self._attend = fn
+        for module in self.modules():
+            if isinstance(module, QFormerAttention):
+                module.attend = fn
 
     @property
     def embeddings(self) -> QFormerEmbeddings:
@@ -289,7 +286,7 @@ class CausalQFormer(nn.Module):
             h = h.expand(batch, -1, -1)
         h = emb.dropout(h)
         for layer in self.layers:
-            h = layer.forward_queries(h, image_embeds, self.attend)
+            h = layer.forward_queries(h, image_embeds)
         return h.expand(batch, -1, -1)
 
     def forward_text(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -324,5 +321,5 @@ class CausalQFormer(nn.Module):
         x = emb.word_embeddings(input_ids) + emb.position_embeddings.weight[:t]
         h = emb.dropout(emb.LayerNorm(x))
         for layer in self.layers:
-            h = layer.forward_text(h, lengths, self.attend)
+            h = layer.forward_text(h, lengths)
         return h

@@ -26,6 +26,7 @@ from seedfast.constants import (
     SEED_LLAMA_TEXT_VOCAB,
 )
 from seedfast.models.llama import Llama
+from seedfast.nn.constrained_sample import image_positions_by_token
 from seedfast.visual_vocab import VisualVocab
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -156,23 +157,42 @@ def fill_image_slots(ids: Sequence[int], image_codes: Sequence[Sequence[int] | t
 def open_image_position(ids: Sequence[int], vocab: VisualVocab) -> int:
     """The sampler's ``image_pos`` after ``ids``: ``-1`` in text, ``k`` after ``<img>`` and ``k`` codes.
 
+    The state is :func:`seedfast.nn.constrained_sample.image_positions_by_token`'s (the one
+    implementation of the grammar state); this checks that the prompt keeps the grammar too.
+
     Raises
     ------
     ValueError
         An ``<img>`` followed by more codes than an image holds, or by a non-code id.
     """
-    pos = -1
-    for t in ids:
-        if pos < 0:
-            pos = 0 if t == vocab.boi_id else -1
-        elif t == vocab.eoi_id and pos == vocab.codes_per_image:
-            pos = -1
-        elif vocab.first_code_id <= t < vocab.first_code_id + vocab.num_codes and pos < vocab.codes_per_image:
-            pos += 1
-        else:
-            raise ValueError(f"prompt breaks the image grammar at id {t}: an image is <img>, "
-                             f"{vocab.codes_per_image} codes, </img>")
-    return pos
+    if len(ids) == 0:
+        return -1
+    row = torch.tensor([list(ids)], dtype=torch.int64)
+    after = image_positions_by_token(row, vocab)[0]
+    before = torch.cat([after.new_full((1,), -1), after[:-1]])
+    t, n = row[0], vocab.codes_per_image
+    is_code = (t >= vocab.first_code_id) & (t < vocab.first_code_id + vocab.num_codes)
+    # In text anything goes; inside an image only codes, and </img> exactly when the image is full.
+    ok = (before < 0) | ((before < n) & is_code) | ((before == n) & (t == vocab.eoi_id))
+    bad = torch.nonzero(~ok).flatten()
+    if len(bad):
+        raise ValueError(f"prompt breaks the image grammar at id {int(t[bad[0]])}: an image is <img>, "
+                         f"{vocab.codes_per_image} codes, </img>")
+    return int(after[-1])
+
+
+def open_image_codes(ids: Sequence[int], vocab: VisualVocab) -> list[int] | None:
+    """The codes (``0 .. num_codes - 1``) of the image ``ids`` leave open, or None when they end in text.
+
+    Raises
+    ------
+    ValueError
+        As :func:`open_image_position`.
+    """
+    pos = open_image_position(ids, vocab)
+    if pos < 0:
+        return None
+    return [int(t) - vocab.first_code_id for t in ids[len(ids) - pos:]]
 
 
 @dataclass
@@ -200,7 +220,7 @@ def split_generated(ids: Sequence[int], vocab: VisualVocab, open_codes: Sequence
         Generated ids.
     open_codes : sequence of int, optional
         When the prompt ended inside an image (after ``<img>`` and these codes), the image the
-        generation completes.
+        generation completes: :func:`open_image_codes` of the prompt.
 
     A final eos is dropped; an image cut short (only possible when a row stopped on a sampler
     error) is dropped.
@@ -391,6 +411,7 @@ __all__ = [
     "get_template",
     "image_block",
     "load_seed_llama",
+    "open_image_codes",
     "open_image_position",
     "split_generated",
     "tiny_visual_vocab",

@@ -16,27 +16,34 @@ which calls ``.half()`` on the whole tokenizer, except that
 
 * ``ln_vision`` normalises in float32 and casts back (spec §3);
 * LayerNorm and SDPA/softmax statistics accumulate in float32 inside the kernels;
-* the code search (:func:`seedfast.ops.nearest_code`) and the losses are float32.
+* the code search (:func:`seedfast.ops.nearest_code`) is float32.
 
 Half-precision ViT with a float32 remainder (the official training set-up: fp16 ViT, fp32
 Q-Former) works too: ``model.visual_encoder.to(torch.float16)``; image features are cast to
 the Q-Former's dtype. Running float32 weights under ``torch.autocast`` is also supported.
+
+The model does inference and exposes the features its training needs
+(:meth:`contrastive_features`, :meth:`causal_embeddings_from_vit`, :meth:`reconstruct_causal`,
+:meth:`generation_head`); the stage-1/2 losses are :mod:`seedfast.train.tokenizer_losses`.
+The codebook and every Q-Former attention are the drop-in modules of :mod:`seedfast.nn`.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import importlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seedfast.models import tokenizer_losses as losses
 from seedfast.models.eva_vit import EvaVisionTransformer, FP32LayerNorm
 from seedfast.models.heads import Block, image_down, task_layer
+from seedfast.models.preprocess import clip_preprocess
 from seedfast.models.qformer import ATTENTION_IMPLS, CausalQFormer
-from seedfast.models.quantizer import VectorQuantizer
 from seedfast.models.tokenizer_config import NUM_QUERY_TOKENS, SeedTokenizerConfig
+from seedfast.models.tokenizer_inputs import check_codes, check_images
+from seedfast.nn.vq import VectorQuantizer
 
 TEMP_INIT = 0.07
 """Initial contrastive temperature (stage 1)."""
@@ -53,7 +60,8 @@ STAGE_MODULES: dict[int, tuple[str, ...]] = {
 """Top-level attribute names trained in each stage; everything else is frozen."""
 
 _ZERO_INIT = ("q_bias", "v_bias")
-_INDEX_DTYPES = (torch.int64, torch.int32)
+# Checkpoint code builds this model, so it is imported by name when used: no import cycle.
+_CHECKPOINTS = "seedfast.models.checkpoints"
 
 
 class SeedTokenizer(nn.Module):
@@ -153,42 +161,14 @@ class SeedTokenizer(nn.Module):
             # query_tokens, cls_token and the position embeddings.
             nn.init.trunc_normal_(p, std=INIT_STD)
 
-    # -----------------------------------------------------------------------------------------
-    # Input checks
-
-    def _check_images(self, images: object, op: str) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"SeedTokenizer.{op}: images must be a torch.Tensor, got {type(images).__name__}")
-        if not images.is_floating_point():
-            raise TypeError(f"SeedTokenizer.{op}: images must be a floating tensor (preprocessed, spec §2), got "
-                            f"{images.dtype}; use encode_pixels for uint8 pixels")
-        s = self.config.image_size
-        if images.dim() != 4 or images.shape[0] == 0 or tuple(images.shape[1:]) != (3, s, s):
-            raise ValueError(f"SeedTokenizer.{op}: images must have shape [B, 3, {s}, {s}] with B >= 1, got "
-                             f"{tuple(images.shape)}")
-        self._check_device(op, "images", images)
+    def _images(self, images: object, op: str) -> torch.Tensor:
+        """Checked images, cast to the ViT's dtype."""
+        images = check_images(f"SeedTokenizer.{op}", images, self.config.image_size, self.query_tokens.device)
         return images.to(self.visual_encoder.patch_embed.proj.weight.dtype)
 
-    def _check_device(self, op: str, name: str, t: torch.Tensor) -> None:
-        device = self.query_tokens.device
-        if t.device != device:
-            raise ValueError(f"SeedTokenizer.{op}: {name} is on {t.device} but the model is on {device}")
-
-    def _check_codes(self, codes: object, op: str, check_range: bool) -> torch.Tensor:
-        if not isinstance(codes, torch.Tensor):
-            raise TypeError(f"SeedTokenizer.{op}: codes must be a torch.Tensor, got {type(codes).__name__}")
-        if codes.dtype not in _INDEX_DTYPES:
-            raise TypeError(f"SeedTokenizer.{op}: codes must be int64 or int32, got {codes.dtype}")
-        if codes.dim() != 2 or codes.shape[0] == 0 or codes.shape[1] != NUM_QUERY_TOKENS:
-            raise ValueError(f"SeedTokenizer.{op}: codes must have shape [B, {NUM_QUERY_TOKENS}] with B >= 1, "
-                             f"got {tuple(codes.shape)}")
-        self._check_device(op, "codes", codes)
-        k = self.config.codebook_size
-        # One host sync; pass check_range=False on a hot path whose codes are known valid.
-        if check_range and bool(((codes < 0) | (codes >= k)).any()):
-            raise ValueError(f"SeedTokenizer.{op}: codes must lie in [0, {k}), got values from "
-                             f"{int(codes.min())} to {int(codes.max())}")
-        return codes
+    def _codes(self, codes: object, op: str, check_range: bool) -> torch.Tensor:
+        return check_codes(f"SeedTokenizer.{op}", codes, self.config.codebook_size, self.query_tokens.device,
+                           check_range=check_range)
 
     # -----------------------------------------------------------------------------------------
     # Inference
@@ -212,8 +192,11 @@ class SeedTokenizer(nn.Module):
         ValueError
             Wrong shape, or not on the model's device.
         """
-        images = self._check_images(images, "image_features")
-        return self.ln_vision(self.visual_encoder(images))
+        return self.ln_vision(self.vit_tokens(images))
+
+    def vit_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The ViT's output before ``ln_vision`` (stage 1 trains ``ln_vision``): as :meth:`image_features`."""
+        return self.visual_encoder(self._images(images, "image_features"))
 
     def causal_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """The Q-Former output (the causal embeddings that are quantised).
@@ -226,8 +209,20 @@ class SeedTokenizer(nn.Module):
         -------
         Tensor ``[B, 32, qformer_hidden]``, dtype of the Q-Former weights.
         """
-        feats = self.image_features(images)
-        return self.Qformer(self.query_tokens, feats.to(self.query_tokens.dtype))
+        return self.causal_embeddings_from_vit(self.vit_tokens(images))
+
+    def causal_embeddings_from_vit(self, vit_tokens: torch.Tensor) -> torch.Tensor:
+        """:meth:`causal_embeddings` from the ViT's output (:meth:`vit_tokens`), e.g. cached features.
+
+        Parameters
+        ----------
+        vit_tokens : Tensor ``[B, 1 + (S/p)², vit_width]``
+
+        Returns
+        -------
+        Tensor ``[B, 32, qformer_hidden]``, dtype of the Q-Former weights.
+        """
+        return self.Qformer(self.query_tokens, self.ln_vision(vit_tokens).to(self.query_tokens.dtype))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -246,10 +241,14 @@ class SeedTokenizer(nn.Module):
         TypeError, ValueError
             As :meth:`image_features`.
         """
-        return self.quantize.nearest(self.encode_task_layer(self.causal_embeddings(images)))
+        return self.quantize.encode(self.encode_task_layer(self.causal_embeddings(images)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``model(images)`` is :meth:`encode` (the training losses are :mod:`seedfast.train.tokenizer_losses`)."""
+        return self.encode(images)
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Raw images → codes: preprocess with :func:`seedfast.data.clip_preprocess`, then :meth:`encode`.
+        """Raw images → codes: :func:`~seedfast.models.preprocess.clip_preprocess`, then :meth:`encode`.
 
         Parameters
         ----------
@@ -266,8 +265,6 @@ class SeedTokenizer(nn.Module):
         TypeError, ValueError
             From ``clip_preprocess`` (not a uint8/floating ``[B, 3, H, W]`` tensor) or :meth:`encode`.
         """
-        from seedfast.data import clip_preprocess
-
         return self.encode(clip_preprocess(pixels, size=self.config.image_size))
 
     def embed_codes(self, codes: torch.Tensor, *, check_range: bool = True) -> torch.Tensor:
@@ -290,8 +287,8 @@ class SeedTokenizer(nn.Module):
         ValueError
             Shape other than ``[B, 32]``, wrong device, or (with ``check_range``) a code out of range.
         """
-        codes = self._check_codes(codes, "embed_codes", check_range)
-        return self.decode_task_layer(self.quantize.lookup(codes))
+        codes = self._codes(codes, "embed_codes", check_range)
+        return self.decode_task_layer(self.quantize.get_codebook_entry(codes))
 
     def generation_embedding(self, codes: torch.Tensor, *, check_range: bool = True) -> torch.Tensor:
         """Codes → the unCLIP image embedding the de-tokenizer is conditioned on.
@@ -311,162 +308,81 @@ class SeedTokenizer(nn.Module):
         TypeError, ValueError
             As :meth:`embed_codes`.
         """
-        codes = self._check_codes(codes, "generation_embedding", check_range)
-        return self._generation_head(self.decode_task_layer(self.quantize.lookup(codes)))
+        codes = self._codes(codes, "generation_embedding", check_range)
+        return self.generation_head(self.decode_task_layer(self.quantize.get_codebook_entry(codes)))
 
-    def _generation_head(self, h: torch.Tensor) -> torch.Tensor:
+    def generation_head(self, h: torch.Tensor) -> torch.Tensor:
+        """Decoded causal embeddings → the generation embedding (``blocks_image`` → ``image_down``
+        → ``distill_image_proj``).
+
+        Parameters
+        ----------
+        h : Tensor ``[B, 32, qformer_hidden]``
+            ``decode_task_layer`` of the quantised codes.
+
+        Returns
+        -------
+        Tensor ``[B, generation_embed_dim]``
+        """
         x = h + self.pos_embed_image
         for block in self.blocks_image:
             x = block(x)
         return self.distill_image_proj(self.image_down(x).flatten(1))
 
     # -----------------------------------------------------------------------------------------
-    # Training
-
-    def forward(
-        self,
-        images: torch.Tensor,
-        *,
-        stage: int,
-        text_ids: torch.Tensor | None = None,
-        text_lengths: torch.Tensor | None = None,
-        target_image_embeds: torch.Tensor | None = None,
-        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        rank: int = 0,
-    ) -> dict[str, torch.Tensor]:
-        """Training losses of stage 1 (contrastive) or stage 2 (codebook + heads).
-
-        The ViT always runs without gradient (frozen in both stages); in stage 2 the whole
-        Q-Former forward does too (its output is the VQ input and the cosine target). Dropout
-        follows each module's train/eval mode: the official stage 2 keeps the frozen Q-Former
-        in train mode (dropout on); call ``model.Qformer.eval()`` for deterministic targets.
-
-        Parameters
-        ----------
-        images : Tensor ``[B, 3, S, S]``, preprocessed
-        stage : {1, 2}
-        text_ids : Tensor ``[B, T]``, int64 (stage 1)
-            BERT token ids, ``[CLS]`` first, right-padded, ``T <= max_text_positions``.
-        text_lengths : Tensor ``[B]``, integer (stage 1)
-            Real tokens per row (``attention_mask.sum(1)``).
-        target_image_embeds : Tensor ``[B, generation_embed_dim]``, floating (stage 2)
-            The frozen CLIP-ViT-H/14 ``image_embeds`` of the same images.
-        gather, rank
-            Stage 1 across processes: see :func:`seedfast.models.tokenizer_losses.contrastive_loss`.
-
-        Returns
-        -------
-        dict of float32 scalars
-            Stage 1: ``{"itc", "loss"}``. Stage 2: ``{"vq", "mse", "cos", "loss"}`` with
-            ``loss = 5·vq + 0.5·mse + 2·cos``.
-
-        Raises
-        ------
-        RuntimeError
-            The model was built without ``training_heads``.
-        TypeError, ValueError
-            A bad stage, a missing or malformed input.
-        """
-        if not self.config.training_heads:
-            raise RuntimeError("SeedTokenizer.forward: training losses need the training heads; build the model "
-                               "with SeedTokenizerConfig(training_heads=True)")
-        if stage == 1:
-            return self._stage1_losses(images, text_ids, text_lengths, gather, rank)
-        if stage == 2:
-            return self._stage2_losses(images, target_image_embeds)
-        raise ValueError(f"SeedTokenizer.forward: stage must be 1 or 2, got {stage!r}")
-
-    def _stage1_losses(
-        self,
-        images: object,
-        text_ids: object,
-        text_lengths: object,
-        gather: Callable[[torch.Tensor], torch.Tensor] | None,
-        rank: int,
-    ) -> dict[str, torch.Tensor]:
-        images = self._check_images(images, "forward")
-        b = images.shape[0]
-        if not isinstance(text_ids, torch.Tensor) or text_ids.dtype != torch.int64:
-            raise TypeError("SeedTokenizer.forward: stage 1 needs text_ids, an int64 tensor [B, T]; got "
-                            f"{getattr(text_ids, 'dtype', type(text_ids).__name__)}")
-        if text_ids.dim() != 2 or text_ids.shape[0] != b or text_ids.shape[1] == 0:
-            raise ValueError(f"SeedTokenizer.forward: text_ids must have shape [B={b}, T >= 1], got "
-                             f"{tuple(text_ids.shape)}")
-        if not isinstance(text_lengths, torch.Tensor) or text_lengths.is_floating_point():
-            raise TypeError("SeedTokenizer.forward: stage 1 needs text_lengths, an integer tensor [B]")
-        if tuple(text_lengths.shape) != (b,):
-            raise ValueError(f"SeedTokenizer.forward: text_lengths must have shape [{b}], got "
-                             f"{tuple(text_lengths.shape)}")
-        self._check_device("forward", "text_ids", text_ids)
-        self._check_device("forward", "text_lengths", text_lengths)
-        with torch.no_grad():
-            vit = self.visual_encoder(images)
-        image_feat, text_feat = self.contrastive_features(vit, text_ids, text_lengths)
-        itc = losses.contrastive_loss(image_feat, text_feat, self.temp, gather=gather, rank=rank)
-        return {"itc": itc, "loss": itc}
+    # Training features (the losses are seedfast.train.tokenizer_losses)
 
     def contrastive_features(
         self, vit_tokens: torch.Tensor, text_ids: torch.Tensor, text_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 1's normalised image and text features, from ViT tokens (before ``ln_vision``).
 
-        The training loop calls this directly when it trains from cached ViT features.
+        Parameters
+        ----------
+        vit_tokens : Tensor ``[B, 1 + (S/p)², vit_width]``
+            :meth:`vit_tokens` of the images, or cached ViT features.
+        text_ids : Tensor ``[B, T]``, int64
+            BERT token ids, ``[CLS]`` first, right-padded, ``T <= max_text_positions``.
+        text_lengths : Tensor ``[B]``, integer
+            Real tokens per row (``attention_mask.sum(1)``).
 
         Returns
         -------
         image_feat, text_feat : Tensor ``[B, embed_dim]``, L2-normalised
             ``vision_proj`` of the last (32nd) query; ``text_proj`` of the text ``[CLS]``.
         """
-        h = self.Qformer(self.query_tokens, self.ln_vision(vit_tokens).to(self.query_tokens.dtype))
+        h = self.causal_embeddings_from_vit(vit_tokens)
         # The official code projects all 32 queries and keeps the last one; projecting only
         # the last one is the same (the projection and the normalisation are per token).
         image_feat = F.normalize(self.vision_proj(h[:, -1]), dim=-1)
         text_feat = F.normalize(self.text_proj(self.Qformer.forward_text(text_ids, text_lengths)[:, 0]), dim=-1)
         return image_feat, text_feat
 
-    def _stage2_losses(self, images: object, target: object) -> dict[str, torch.Tensor]:
-        images = self._check_images(images, "forward")
-        b, g = images.shape[0], self.config.generation_embed_dim
-        if not isinstance(target, torch.Tensor) or not target.is_floating_point():
-            raise TypeError("SeedTokenizer.forward: stage 2 needs target_image_embeds, a floating tensor [B, "
-                            f"{g}]; got {getattr(target, 'dtype', type(target).__name__)}")
-        if tuple(target.shape) != (b, g):
-            raise ValueError(f"SeedTokenizer.forward: target_image_embeds must have shape [{b}, {g}], got "
-                             f"{tuple(target.shape)}")
-        self._check_device("forward", "target_image_embeds", target)
-        with torch.no_grad():
-            vit = self.visual_encoder(images)
-            causal = self.Qformer(self.query_tokens, self.ln_vision(vit).to(self.query_tokens.dtype))
-        terms = self.codebook_losses(causal, target)
-        del terms["codes"]
-        return terms
-
-    def codebook_losses(self, causal: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Stage 2's loss terms from the (frozen) Q-Former output.
-
-        The training loop calls this directly when it trains from cached Q-Former outputs.
+    def reconstruct_causal(self, h: torch.Tensor) -> torch.Tensor:
+        """Stage 2's reconstruction branch: decoded embeddings → the causal embeddings they came from.
 
         Parameters
         ----------
-        causal : Tensor ``[B, 32, qformer_hidden]``
-            The VQ input and the cosine-reconstruction target.
-        target : Tensor ``[B, generation_embed_dim]``
+        h : Tensor ``[B, 32, qformer_hidden]``
+            ``decode_task_layer`` of the quantised codes.
 
         Returns
         -------
-        dict
-            ``{"vq", "mse", "cos", "loss"}`` float32 scalars with ``loss = 5·vq + 0.5·mse + 2·cos``,
-            and ``"codes"`` ``[B, 32]`` int64.
+        Tensor ``[B, 32, qformer_hidden]`` (``blocks`` over ``h + pos_embed``), compared by
+        cosine with the Q-Former's output.
+
+        Raises
+        ------
+        RuntimeError
+            The model was built without ``training_heads``.
         """
-        vq = self.quantize(self.encode_task_layer(causal))
-        h = self.decode_task_layer(vq.z_q)
-        recon = h + self.pos_embed
+        if not self.config.training_heads:
+            raise RuntimeError("SeedTokenizer.reconstruct_causal: needs the training heads; build the model "
+                               "with SeedTokenizerConfig(training_heads=True)")
+        x = h + self.pos_embed
         for block in self.blocks:
-            recon = block(recon)
-        cos = losses.reconstruction_cosine_loss(recon, causal)
-        mse = losses.generation_mse_loss(self._generation_head(h), target)
-        total = losses.VQ_WEIGHT * vq.loss + losses.MSE_WEIGHT * mse + losses.COS_WEIGHT * cos
-        return {"vq": vq.loss, "mse": mse, "cos": cos, "loss": total, "codes": vq.codes}
+            x = block(x)
+        return x
 
     @staticmethod
     def trained_modules(stage: int) -> tuple[str, ...]:
@@ -514,22 +430,19 @@ class SeedTokenizer(nn.Module):
 
         See :func:`seedfast.models.checkpoints.load_official` for the parameters and errors.
         """
-        from seedfast.models.checkpoints import load_official
-
+        load_official = importlib.import_module(_CHECKPOINTS).load_official
         model, _ = load_official(quantizer_path, vit_path, config=config, dtype=dtype, device=device)
         return model
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` to ``directory`` (created); return it."""
-        from seedfast.models.checkpoints import save_tokenizer
-
-        return save_tokenizer(self, directory)
+        """Write ``model.safetensors`` + ``config.json`` to ``directory``, atomically and with
+        checksums; return it (see :func:`seedfast.models.checkpoints.save_tokenizer`)."""
+        return importlib.import_module(_CHECKPOINTS).save_tokenizer(self, directory)
 
     @classmethod
     def load(
         cls, directory: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> SeedTokenizer:
-        """Read a directory written by :meth:`save` (see :func:`seedfast.models.checkpoints.load_tokenizer`)."""
-        from seedfast.models.checkpoints import load_tokenizer
-
-        return load_tokenizer(directory, device=device, dtype=dtype)
+        """Read and verify a directory written by :meth:`save` (see
+        :func:`seedfast.models.checkpoints.load_tokenizer`)."""
+        return importlib.import_module(_CHECKPOINTS).load_tokenizer(directory, device=device, dtype=dtype)

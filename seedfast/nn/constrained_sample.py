@@ -11,7 +11,10 @@ eoi_id=36097, eos_id=2, codes_per_image=75)`` for 75 audio codes between ``<audi
 
 The sampler keeps each row's position in the grammar, the random seeds and a step offset in
 buffers and updates them in place, so a decode step that calls it can be captured in a CUDA
-graph (or compiled with ``fullgraph=True``) and replayed with fresh randomness.
+graph (or compiled with ``fullgraph=True``) and replayed with fresh randomness. It never reads a
+value back to the host unless asked: error flags accumulate on the device and :meth:`check`
+raises on them once, where the caller's loop ends. SEED-LLaMA's decode runner
+(:mod:`seedfast.generation.cuda_graphs`) samples through :meth:`ConstrainedSampler.step` too.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from torch import nn
 from seedfast._checks import check_positive_ints, is_int
 from seedfast.ops import VisualVocab, constrained_sample
 from seedfast.ops._common import BACKENDS
+from seedfast.ops.constrained_sample import raise_on_flags
 
 
 def image_positions(input_ids: torch.Tensor, vocab: VisualVocab) -> torch.Tensor:
@@ -51,22 +55,52 @@ def image_positions(input_ids: torch.Tensor, vocab: VisualVocab) -> torch.Tensor
     ValueError
         ``input_ids`` is not 2-D.
     """
+    return _positions("image_positions", input_ids, vocab, every_token=False)
+
+
+def image_positions_by_token(input_ids: torch.Tensor, vocab: VisualVocab) -> torch.Tensor:
+    """Each row's position in the span grammar after each of its tokens (:func:`image_positions`
+    of every prefix, in one pass).
+
+    Parameters
+    ----------
+    input_ids : Tensor ``[B, L]``, integer
+    vocab : VisualVocab
+
+    Returns
+    -------
+    Tensor ``[B, L]``, int32
+        Column ``i`` is :func:`image_positions` of ``input_ids[:, : i + 1]``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`image_positions`.
+    """
+    return _positions("image_positions_by_token", input_ids, vocab, every_token=True)
+
+
+def _positions(op: str, input_ids: torch.Tensor, vocab: VisualVocab, *, every_token: bool) -> torch.Tensor:
     if not isinstance(vocab, VisualVocab):
-        raise TypeError(f"image_positions: vocab must be a VisualVocab, got {type(vocab).__name__}")
+        raise TypeError(f"{op}: vocab must be a VisualVocab, got {type(vocab).__name__}")
     if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.is_complex():
         got = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise TypeError(f"image_positions: input_ids must be an integer tensor, got {got}")
+        raise TypeError(f"{op}: input_ids must be an integer tensor, got {got}")
     if input_ids.dim() != 2:
-        raise ValueError(f"image_positions: input_ids must have shape [B, L], got {tuple(input_ids.shape)}")
+        raise ValueError(f"{op}: input_ids must have shape [B, L], got {tuple(input_ids.shape)}")
     b, length = input_ids.shape
     if length == 0:
-        return torch.full((b,), -1, dtype=torch.int32, device=input_ids.device)
+        return torch.full((b,) if not every_token else (b, 0), -1, dtype=torch.int32, device=input_ids.device)
     # 1-based positions, so 0 stands for "no such marker".
     index = torch.arange(1, length + 1, device=input_ids.device)
-    last_open = torch.where(input_ids == vocab.boi_id, index, 0).amax(1)
-    last_close = torch.where(input_ids == vocab.eoi_id, index, 0).amax(1)
-    inside = last_open > last_close
-    return torch.where(inside, length - last_open, -1).to(torch.int32)
+    opens = torch.where(input_ids == vocab.boi_id, index, 0)
+    closes = torch.where(input_ids == vocab.eoi_id, index, 0)
+    if every_token:
+        last_open, last_close, end = opens.cummax(1).values, closes.cummax(1).values, index
+    else:
+        # The hot path (every step of transformers' generate): reductions, no [B, L] indices.
+        last_open, last_close, end = opens.amax(1), closes.amax(1), length
+    return torch.where(last_open > last_close, end - last_open, -1).to(torch.int32)
 
 
 def _per_row_buffer(name: str, value: object, b: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -97,10 +131,11 @@ class ConstrainedSampler(nn.Module):
         In (0, 1]; ``1`` switches top-p off (default).
     seed : int or Tensor ``[B]``
         Random seed per row (one int serves all rows: the op mixes in the row index).
-    check : bool or None
-        Raise on rows whose allowed logits are NaN/+inf or all −inf. ``None``: raise except
-        while capturing a CUDA graph or compiling (each check is one host synchronisation;
-        pass ``False`` for a sync-free decode loop and read :attr:`error_flags` instead).
+    check : bool
+        Raise after every call on rows whose allowed logits are NaN/+inf or all −inf (one host
+        synchronisation per call: not while capturing a CUDA graph or compiling). Default
+        False: the loop stays sync-free, :attr:`error_flags` collects the errors and
+        :meth:`check` raises on them once.
     backend : {"auto", "triton", "cuda", "torch"}
         Passed to :func:`seedfast.ops.constrained_sample`.
     device
@@ -116,7 +151,9 @@ class ConstrainedSampler(nn.Module):
         May be changed in place (``sampler.temperature.fill_(0.7)``) between graph replays.
     error_flags : Tensor ``[B]``, int32 buffer
         Bitwise OR of the op's flags since :meth:`reset` (``FLAG_NON_FINITE``,
-        ``FLAG_NOTHING_ALLOWED``); a flagged row emitted eos.
+        ``FLAG_NOTHING_ALLOWED``); a flagged row emitted eos. :meth:`check` raises on them.
+    check_every_call : bool
+        The ``check`` argument.
 
     Raises
     ------
@@ -136,7 +173,7 @@ class ConstrainedSampler(nn.Module):
         top_k: int | torch.Tensor = 0,
         top_p: float | torch.Tensor = 1.0,
         seed: int | torch.Tensor = 0,
-        check: bool | None = None,
+        check: bool = False,
         backend: str = "auto",
         device: torch.device | str | None = None,
     ) -> None:
@@ -158,7 +195,7 @@ class ConstrainedSampler(nn.Module):
                 raise TypeError(f"{name}: {arg} must be an int or an integer tensor, got {type(value).__name__}")
         self.vocab = vocab
         self.batch_size = batch_size
-        self.check = check
+        self.check_every_call = check
         self.backend = backend
         b = batch_size
         self.register_buffer("image_pos", torch.full((b,), -1, dtype=torch.int32, device=device))
@@ -196,15 +233,66 @@ class ConstrainedSampler(nn.Module):
         if logits.dim() != 2 or logits.shape[0] != self.batch_size:
             raise ValueError(f"{name}: logits must have shape [batch_size, V] = [{self.batch_size}, V], "
                              f"got {tuple(logits.shape)}")
-        tokens, next_pos, flags = constrained_sample(
-            logits, self.image_pos, vocab=self.vocab,
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-            seed=self.seed, offset=self.offset, check=self.check, return_flags=True, backend=self.backend,
-        )
-        self.image_pos.copy_(next_pos)
-        self.error_flags.bitwise_or_(flags)
-        self.offset.add_(1)
+        tokens, flags = self.step(logits)
+        if self.check_every_call:
+            raise_on_flags(flags)
         return tokens
+
+    def step(self, logits: torch.Tensor, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample rows ``0 .. b-1`` (``b = logits.shape[0]``) and advance their state in place.
+
+        The one sampling step, shared by :meth:`forward` and by a decode loop that runs a smaller
+        batch in a larger sampler (a batch of 3 in one sized for 4) and stops rows one by one.
+        No host synchronisation and no check: capturable in a CUDA graph.
+
+        Parameters
+        ----------
+        logits : Tensor ``[b, V]``, ``b <= batch_size``
+        active : Tensor ``[b]``, bool, optional
+            Rows still generating. The others emit eos and keep their grammar position and
+            flags; their ``offset`` advances all the same, so a row's draws depend only on
+            ``(seed, step, row)``, whichever rows have stopped.
+
+        Returns
+        -------
+        tokens : Tensor ``[b]``, int64
+        flags : Tensor ``[b]``, int32
+            This call's error flags (0 on inactive rows), also OR-ed into :attr:`error_flags`.
+
+        Raises
+        ------
+        ValueError
+            ``b > batch_size``, or what :func:`seedfast.ops.constrained_sample` rejects.
+        """
+        b = logits.shape[0]
+        if b > self.batch_size:
+            raise ValueError(f"{type(self).__name__}.step: {b} rows of logits for a sampler of "
+                             f"batch_size={self.batch_size}")
+        pos = self.image_pos[:b]
+        tokens, next_pos, flags = constrained_sample(
+            logits, pos, vocab=self.vocab, temperature=self.temperature[:b], top_k=self.top_k[:b],
+            top_p=self.top_p[:b], seed=self.seed[:b], offset=self.offset[:b], return_flags=True, backend=self.backend,
+        )
+        if active is not None:
+            tokens = torch.where(active, tokens, self.vocab.eos_id)
+            next_pos = torch.where(active, next_pos, pos)
+            flags = torch.where(active, flags, 0)
+        pos.copy_(next_pos)
+        self.error_flags[:b].bitwise_or_(flags)
+        self.offset[:b].add_(1)
+        return tokens, flags
+
+    def check(self) -> None:
+        """Raise if a row has hit a sampler error since :meth:`reset` (one host synchronisation).
+
+        Call it once where the decode loop ends, rather than paying a synchronisation per step.
+
+        Raises
+        ------
+        ValueError
+            Naming the rows whose allowed logits were NaN/+inf or all −inf (they emitted eos).
+        """
+        raise_on_flags(self.error_flags)
 
     @torch.no_grad()
     def reset(self, prompt_ids: torch.Tensor | None = None, *, seed: int | torch.Tensor | None = None) -> None:

@@ -5,8 +5,14 @@ projections, heads, the op with its index-computed mask (``causal``, ``kv_lens``
 output projection. SEED's Causal Q-Former uses it three ways (spec §4): causal self-attention
 among the 32 queries, cross-attention from the queries to the image tokens (keys of width 1408
 projected to 768), and bidirectional self-attention with padded text (``kv_lens``).
+
+``layout="bert"`` names the projections as BERT does (``query``, ``key``, ``value``, the output
+projection left to the caller's residual block), so BERT- and BLIP-2-named state dicts load as
+they are; ``attention=`` swaps the op for any function of the same signature.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -14,6 +20,16 @@ from torch import nn
 from seedfast._checks import check_positive_ints
 from seedfast.ops import qformer_attention
 from seedfast.ops._common import BACKENDS
+
+AttentionFn = Callable[..., torch.Tensor]
+"""``fn(q, k, v, *, causal: bool, kv_lens: Tensor | None) -> Tensor``, layout ``[B, H, L, D]``."""
+
+LAYOUTS: dict[str, tuple[str, str, str, str | None]] = {
+    # Attribute names of the query, key, value and output projections.
+    "qkvo": ("q_proj", "k_proj", "v_proj", "out_proj"),
+    # BERT's BertSelfAttention: its output projection is BertSelfOutput.dense, beside the residual.
+    "bert": ("query", "key", "value", None),
+}
 
 
 class QFormerAttention(nn.Module):
@@ -31,25 +47,41 @@ class QFormerAttention(nn.Module):
     causal : bool
         Default of ``forward``'s ``causal``: query ``i`` sees keys ``j <= i`` (top-left aligned).
     bias : bool
-        Biases on the four projections (BERT/BLIP-2: True).
+        Biases on the projections (BERT/BLIP-2: True).
     backend : {"auto", "triton", "torch"}
         Passed to :func:`seedfast.ops.qformer_attention`; may be changed by assigning
         ``module.backend``.
+    layout : {"qkvo", "bert"}
+        ``"qkvo"`` (default): the four projections below. ``"bert"``: ``query``, ``key`` and
+        ``value`` only, as BERT's ``BertSelfAttention`` (e.g. SEED's
+        ``Qformer.bert.encoder.layer.0.attention.self.query``); the output is the heads merged,
+        ``[B, Lq, dim]``, and the output projection belongs to the caller (BERT's
+        ``BertSelfOutput.dense``, applied with the residual and LayerNorm).
+    attention : callable, optional
+        Used instead of :func:`seedfast.ops.qformer_attention` (``backend`` is then unused):
+        ``fn(q, k, v, *, causal, kv_lens)`` on ``[B, H, L, D]`` tensors, e.g. an explicit-mask
+        SDPA or a benchmark's peer. May be changed by assigning ``module.attend``.
     device, dtype
         Of the projections.
 
     Attributes
     ----------
     q_proj : nn.Linear ``dim → dim``
+        ``query`` with ``layout="bert"``.
     k_proj, v_proj : nn.Linear ``kv_dim → dim``
+        ``key``, ``value`` with ``layout="bert"``.
     out_proj : nn.Linear ``dim → dim``
+        Absent with ``layout="bert"``.
+    attend : callable or None
+        The ``attention`` argument.
 
     Raises
     ------
     TypeError
         ``dim``, ``num_heads`` or ``kv_dim`` is not an int.
     ValueError
-        A size below 1, ``num_heads`` does not divide ``dim``, or an unknown ``backend``.
+        A size below 1, ``num_heads`` does not divide ``dim``, or an unknown ``backend`` or
+        ``layout``.
 
     Notes
     -----
@@ -66,6 +98,8 @@ class QFormerAttention(nn.Module):
         causal: bool = False,
         bias: bool = True,
         backend: str = "auto",
+        layout: str = "qkvo",
+        attention: AttentionFn | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -77,6 +111,8 @@ class QFormerAttention(nn.Module):
         check_positive_ints(name, **sizes)
         if backend not in BACKENDS:
             raise ValueError(f"{name}: backend must be one of {BACKENDS}, got {backend!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"{name}: layout must be one of {tuple(LAYOUTS)}, got {layout!r}")
         if dim % num_heads:
             raise ValueError(f"{name}: num_heads ({num_heads}) must divide dim ({dim})")
         self.dim = dim
@@ -85,11 +121,21 @@ class QFormerAttention(nn.Module):
         self.kv_dim = dim if kv_dim is None else kv_dim
         self.causal = bool(causal)
         self.backend = backend
+        self.layout = layout
+        self.attend = attention
         factory = {"device": device, "dtype": dtype}
-        self.q_proj = nn.Linear(dim, dim, bias=bias, **factory)
-        self.k_proj = nn.Linear(self.kv_dim, dim, bias=bias, **factory)
-        self.v_proj = nn.Linear(self.kv_dim, dim, bias=bias, **factory)
-        self.out_proj = nn.Linear(dim, dim, bias=bias, **factory)
+        q_name, k_name, v_name, out_name = LAYOUTS[layout]
+        self.add_module(q_name, nn.Linear(dim, dim, bias=bias, **factory))
+        self.add_module(k_name, nn.Linear(self.kv_dim, dim, bias=bias, **factory))
+        self.add_module(v_name, nn.Linear(self.kv_dim, dim, bias=bias, **factory))
+        if out_name is not None:
+            self.add_module(out_name, nn.Linear(dim, dim, bias=bias, **factory))
+
+    @property
+    def projections(self) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear | None]:
+        """The query, key, value and output projections whatever the layout (output None for ``"bert"``)."""
+        q, k, v, out = (None if n is None else getattr(self, n) for n in LAYOUTS[self.layout])
+        return q, k, v, out
 
     def forward(
         self,
@@ -104,7 +150,8 @@ class QFormerAttention(nn.Module):
         Parameters
         ----------
         x : Tensor ``[B, Lq, dim]``, floating
-            The queries' input (SEED: the 32 query tokens).
+            The queries' input (SEED: the 32 query tokens). With ``context``, ``x`` may have
+            batch 1: queries shared by every context row are projected once and broadcast.
         context : Tensor ``[B, Lk, kv_dim]``, optional
             The keys/values' input for cross-attention; ``None`` for self-attention.
         kv_lens : Tensor ``[B]``, integer, optional
@@ -114,37 +161,42 @@ class QFormerAttention(nn.Module):
 
         Returns
         -------
-        Tensor ``[B, Lq, dim]``, dtype of the projections' output.
+        Tensor ``[B, Lq, dim]``, dtype of the projections' output (``B``: ``context``'s batch
+        when given).
 
         Raises
         ------
         TypeError
             ``x`` or ``context`` is not a tensor.
         ValueError
-            ``x`` or ``context`` is not 3-D with the expected width, or batch sizes differ
-            (the op raises for ``kv_lens`` of the wrong shape or dtype).
+            ``x`` or ``context`` is not 3-D with the expected width, or batch sizes differ and
+            ``x``'s is not 1 (the op raises for ``kv_lens`` of the wrong shape or dtype).
         """
         name = type(self).__name__
         _check_input(name, "x", x, self.dim)
         source = x
         if context is not None:
             _check_input(name, "context", context, self.kv_dim)
-            if context.shape[0] != x.shape[0]:
+            if context.shape[0] != x.shape[0] and x.shape[0] != 1:
                 raise ValueError(
                     f"{name}: context batch ({context.shape[0]}) must equal x's batch ({x.shape[0]})"
                 )
             source = context
         elif self.kv_dim != self.dim:
             raise ValueError(f"{name}: built for cross-attention (kv_dim={self.kv_dim}); pass context")
-        b, lq, _ = x.shape
-        lk = source.shape[1]
-        q = self.q_proj(x).view(b, lq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(source).view(b, lk, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(source).view(b, lk, self.num_heads, self.head_dim).transpose(1, 2)
-        out = qformer_attention(
-            q, k, v, causal=self.causal if causal is None else causal, kv_lens=kv_lens, backend=self.backend
-        )
-        return self.out_proj(out.transpose(1, 2).reshape(b, lq, self.dim))
+        bq, lq, _ = x.shape
+        b, lk, _ = source.shape
+        q_proj, k_proj, v_proj, out_proj = self.projections
+        q = q_proj(x).view(bq, lq, self.num_heads, self.head_dim).transpose(1, 2).expand(b, -1, -1, -1)
+        k = k_proj(source).view(b, lk, self.num_heads, self.head_dim).transpose(1, 2)
+        v = v_proj(source).view(b, lk, self.num_heads, self.head_dim).transpose(1, 2)
+        causal = self.causal if causal is None else causal
+        if self.attend is None:
+            out = qformer_attention(q, k, v, causal=causal, kv_lens=kv_lens, backend=self.backend)
+        else:
+            out = self.attend(q, k, v, causal=causal, kv_lens=kv_lens)
+        out = out.transpose(1, 2).reshape(b, lq, self.dim)
+        return out if out_proj is None else out_proj(out)
 
     def extra_repr(self) -> str:
         parts = [f"dim={self.dim}", f"num_heads={self.num_heads}"]
@@ -154,6 +206,8 @@ class QFormerAttention(nn.Module):
             parts.append("causal=True")
         if self.backend != "auto":
             parts.append(f"backend={self.backend!r}")
+        if self.layout != "qkvo":
+            parts.append(f"layout={self.layout!r}")
         return ", ".join(parts)
 
 

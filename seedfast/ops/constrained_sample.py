@@ -35,8 +35,11 @@ boundary.
 
 Errors: an allowed logit that is NaN or +inf, or a row with no allowed finite logit, makes the
 row emit ``eos`` with ``pos → -1`` and sets its flag (``FLAG_NON_FINITE``, ``FLAG_NOTHING_ALLOWED``).
-Forced ``</img>`` rows never error. ``check=True`` (the default outside CUDA-graph capture and
-``torch.compile`` tracing) raises a ``ValueError`` naming the rows.
+Forced ``</img>`` rows never error. The op never synchronises with the host by default (as
+FlashInfer's ``check_nan=False``): ``return_flags=True`` hands the flags to the caller, which owns
+the decode loop and checks them once with :func:`raise_on_flags` (``generate`` at the end of a
+run, :meth:`seedfast.nn.ConstrainedSampler.check`); ``check=True`` raises the same ``ValueError``
+naming the rows on every call, at the cost of one host synchronisation each.
 
 Backends: ``"torch"`` (the reference below), ``"triton"`` (the fused kernel; CPU tensors only
 under ``TRITON_INTERPRET=1``), ``"cuda"`` (the CUDA C++ twin in ``csrc/``, JIT-built on first
@@ -273,7 +276,7 @@ def constrained_sample(
     top_p: float | torch.Tensor = 1.0,
     seed: int | torch.Tensor = 0,
     offset: int | torch.Tensor = 0,
-    check: bool | None = None,
+    check: bool = False,
     return_flags: bool = False,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, ...]:
@@ -294,8 +297,10 @@ def constrained_sample(
         ``>= 1`` switches top-p off.
     seed, offset : int or int64 Tensor ``[B]`` (or scalar tensor)
         The random stream; advance ``offset`` each step (in place, to replay a CUDA graph).
-    check : bool, optional
-        Raise on error rows. Default: True unless capturing a CUDA graph or compiling.
+    check : bool
+        Raise on error rows: one host synchronisation per call, so not while capturing a CUDA
+        graph or compiling. Default False: no synchronisation; take the flags
+        (``return_flags=True``) and check them where the loop ends (:func:`raise_on_flags`).
     return_flags : bool
         Also return the per-row error flags.
     backend : {"auto", "triton", "cuda", "torch"}
@@ -362,16 +367,24 @@ def constrained_sample(
         rows = logits if logits.stride(1) == 1 else logits.contiguous()
         custom = _constrained_sample_op if chosen == "triton" else _constrained_sample_cuda_op
         tokens, next_pos, flags = custom(rows, image_pos.contiguous(), *per_row[1:], _layout(vocab))
-    if check is None:
-        check = not (torch.compiler.is_compiling()
-                     or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()))
     if check:
         raise_on_flags(flags)
     return (tokens, next_pos, flags) if return_flags else (tokens, next_pos)
 
 
 def raise_on_flags(flags: torch.Tensor) -> None:
-    """Raise a ValueError naming the rows whose flags are set (one host synchronisation)."""
+    """Raise a ValueError naming the rows whose flags are set (one host synchronisation).
+
+    Parameters
+    ----------
+    flags : Tensor ``[B]``, int32
+        :func:`constrained_sample`'s flags, or their bitwise OR over a run.
+
+    Raises
+    ------
+    ValueError
+        Some flag is set: the first ten rows and why, and how many more.
+    """
     bad = torch.nonzero(flags).flatten().tolist()
     if not bad:
         return

@@ -8,9 +8,9 @@ from seedfast._lazy import lazy_exports
 _EXPORTS = {
     "RunConfig": "seedfast.train.config",
     "ConfigError": "seedfast.train.config",
-    "build_config": "seedfast.train.config",
-    "read_preset": "seedfast.train.config",
-    "read_toml": "seedfast.train.config",
+    "build_config": "seedfast.train.config_sources",
+    "read_preset": "seedfast.train.config_sources",
+    "read_toml": "seedfast.train.config_sources",
     "train": "seedfast.train.loop",
     "train_step": "seedfast.train.loop",
     "learning_rate": "seedfast.train.loop",

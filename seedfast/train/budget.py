@@ -17,6 +17,10 @@ measured is derived from a measured one at the same achieved FLOP rate (model FL
 online and the cached step of its stage. GPU-days are single-GPU time (linear scaling over
 GPUs assumed). They are converted to V100-days by stated peak tensor throughput (V100: 125
 TFLOP/s fp16) and, when a V100 measurement is given as reference, by measured throughput.
+
+The arithmetic takes plain :class:`Measurement` records: :func:`from_log` reads one from a
+training run's log; :mod:`seedfast.benchmarks.train_step` times steps on this device and reads
+its results JSON back; the command itself is in :mod:`seedfast.benchmarks.cli`.
 """
 from __future__ import annotations
 
@@ -218,34 +222,6 @@ def format_budget(b: Budget) -> str:
     return "\n".join(lines)
 
 
-def from_results(path: str | Path) -> list[Measurement]:
-    """Measurements of op ``"train"`` in a results JSON (:mod:`seedfast.benchmarks.harness` format).
-
-    Each has ``mode`` one of :data:`MODES`, ``case`` with ``batch`` and ``config``
-    (``"official"``/``"tiny"``), and ``median_ms`` for one step of ``batch`` samples on one GPU.
-
-    Raises
-    ------
-    ValueError
-        Not a results file, or no usable ``train`` measurement in it.
-    """
-    from seedfast.benchmarks.harness import load_result
-
-    result = load_result(path)
-    out = []
-    for m in result.measurements:
-        if m.op != "train" or m.mode not in MODES or m.error or not m.median_ms:
-            continue
-        cfg = _config(m.case.get("config", "official"))
-        batch = int(m.case["batch"])
-        out.append(Measurement(m.mode, m.median_ms / 1e3 / batch,
-                               mode_flops(cfg, m.mode, int(m.case.get("text_length", TEXT_LENGTH))),
-                               result.device, f"{path}", m.case.get("config", "official")))
-    if not out:
-        raise ValueError(f"{path}: no 'train' measurement (modes {', '.join(MODES)}) in this results file")
-    return out
-
-
 def from_log(path: str | Path, skip: int = 3) -> list[Measurement]:
     """The median step of a training run's ``log.jsonl`` (the first ``skip`` steps left out: warm-up).
 
@@ -267,14 +243,21 @@ def from_log(path: str | Path, skip: int = 3) -> list[Measurement]:
         raise ValueError(f"{path}: {len(times)} steps logged; need more than {skip} (the first are warm-up)")
     c = start["config"]
     mode = f"stage{start['stage']}-{start.get('features') or 'online'}"
-    cfg = _config(c["tokenizer.preset"], {k.split(".", 1)[1]: v for k, v in c.items()
-                                          if k.startswith("tokenizer.") and k != "tokenizer.preset"})
+    cfg = tokenizer_config(c["tokenizer.preset"], {k.split(".", 1)[1]: v for k, v in c.items()
+                                                   if k.startswith("tokenizer.") and k != "tokenizer.preset"})
     per_sample = statistics.median(times[skip:]) * start["world_size"] / c["train.global_batch"]
     return [Measurement(mode, per_sample, mode_flops(cfg, mode, c["data.text_length"]), start["device"], str(path),
                         c["tokenizer.preset"])]
 
 
-def _config(preset: str, overrides: dict | None = None) -> SeedTokenizerConfig:
+def tokenizer_config(preset: str, overrides: dict | None = None) -> SeedTokenizerConfig:
+    """The sizes a measurement was taken at: tokenizer ``preset`` (training heads on) with ``overrides``.
+
+    Raises
+    ------
+    ValueError
+        An unknown preset.
+    """
     presets = {"official": SeedTokenizerConfig.official, "tiny": SeedTokenizerConfig.tiny}
     if preset not in presets:
         raise ValueError(f"unknown tokenizer config {preset!r}; expected one of {sorted(presets)}")

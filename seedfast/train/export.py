@@ -12,11 +12,11 @@ for the LLM). Loading broadcasts from rank 0 under several processes, so only ra
 * stages 1–2: ``SeedTokenizer.save`` format (``model.safetensors`` + ``config.json``): the
   trained weights over a fresh float32 build of the frozen ones (no bf16 rounding of the ViT);
 * stage 3: a Hugging Face LLaMA folder (``config.json``, ``model.safetensors``) with LoRA merged,
-  loadable by :meth:`seedfast.models.llama.Llama.from_hf` and by ``transformers``.
+  written by :func:`seedfast.models.llama_hf.save_hf`, loadable by
+  :meth:`seedfast.models.llama.Llama.from_hf` and by ``transformers``.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -125,9 +125,7 @@ def _write_tokenizer(run: Run, trained: dict[str, torch.Tensor], folder: Path) -
 
 
 def _write_llm(run: Run, trained: dict[str, torch.Tensor], folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    from seedfast.models.llama import Llama
+    from seedfast.models.llama_hf import save_hf
     from seedfast.train.config import model_config
     from seedfast.train.stages import build_llm, merge_lora
 
@@ -135,13 +133,4 @@ def _write_llm(run: Run, trained: dict[str, torch.Tensor], folder: Path) -> None
     model = build_llm(cfg)
     model.load_state_dict({k: v.float() for k, v in trained.items()}, strict=False)
     state = merge_lora(model.state_dict(), cfg) if cfg.lora.enabled else model.state_dict()
-    config = model_config("llm", cfg.llm)
-    with torch.device("meta"):
-        plain = Llama(config)
-    plain.load_state_dict(state, strict=True, assign=True)
-    folder.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in plain.hf_state_dict().items()}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
-    hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float32",
-          **config.to_hf_dict()}
-    (folder / "config.json").write_text(json.dumps(hf, indent=1) + "\n", encoding="utf-8")
+    save_hf(state, model_config("llm", cfg.llm), folder)

@@ -170,7 +170,7 @@ def precompute(cfg: Any, folder: str | Path, *, device: str | None = None, progr
     from tqdm import tqdm
 
     from seedfast.train import distributed as D
-    from seedfast.train.run import compute_dtype
+    from seedfast.train.precision import compute_dtype
     from seedfast.train.stages import build_tokenizer
     from seedfast.train.targets import ClipTarget, build_target
 
@@ -255,7 +255,7 @@ def _chunks(cfg: Any, rank: int, world_size: int, size: int) -> tuple[Iterator[t
 @torch.no_grad()
 def _encode(model: Any, kind: str, images: torch.Tensor, target: nn.Module | None, device: torch.device,
             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from seedfast.data import clip_preprocess
+    from seedfast.models.preprocess import clip_preprocess
 
     pixels = clip_preprocess(images.to(device), size=model.config.image_size)
     vit = model.visual_encoder(pixels.to(dtype))

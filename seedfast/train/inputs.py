@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seedfast.data import clip_preprocess
+from seedfast.models.preprocess import clip_preprocess
 from seedfast.visual_vocab import VisualVocab
 from seedfast.train.data import RawBatch
 from seedfast.train.text import TextTokenizer, clean_caption, interleave, stage1_text

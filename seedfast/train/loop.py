@@ -8,7 +8,6 @@ run. ``--steps N`` stops after global step N; the schedule's length is ``optim.t
 """
 from __future__ import annotations
 
-import math
 import signal
 import threading
 import time
@@ -28,6 +27,7 @@ from seedfast.train.inputs import MicroBatch
 from seedfast.train.log import RunLog
 from seedfast.train.metrics import GpuMonitor, codebook_stats, mfu, peak_tflops
 from seedfast.train.run import Run, build_run
+from seedfast.train.schedule import warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,7 @@ class TrainResult:
 
 def learning_rate(o: OptimConfig, step: int) -> float:
     """Linear warm-up ``warmup_lr → lr`` over ``warmup_steps``, cosine to ``min_lr`` at ``total_steps``."""
-    if step < o.warmup_steps:
-        return o.warmup_lr + (o.lr - o.warmup_lr) * step / o.warmup_steps
-    progress = min(1.0, (step - o.warmup_steps) / max(1, o.total_steps - o.warmup_steps))
-    return o.min_lr + (o.lr - o.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return warmup_cosine(step, o.total_steps, o.warmup_steps, o.lr, start=o.warmup_lr, end=o.min_lr)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:

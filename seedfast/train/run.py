@@ -6,7 +6,7 @@ frozen weights of the first and only loads the trained ones from its checkpoint.
 """
 from __future__ import annotations
 
-import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +19,7 @@ from seedfast.train.config import ConfigError, RunConfig, model_config
 from seedfast.train.data import GlobalSampler, RawBatch, open_source
 from seedfast.train.inputs import InputBuilder
 from seedfast.train.metrics import llm_step_flops, tokenizer_step_flops
+from seedfast.train.precision import autocast, compute_dtype
 from seedfast.train.stages import (
     LlmObjective,
     TokenizerObjective,
@@ -68,12 +69,6 @@ class Run:
     autocast: Callable[[], Any]
     features_kind: str | None
     init_left: list[str]
-
-
-def compute_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype:
-    """bfloat16 on CUDA (``precision="auto"``) or when asked; else float32."""
-    p = cfg.train.precision
-    return torch.bfloat16 if p == "bf16" or (p == "auto" and device.type == "cuda") else torch.float32
 
 
 def batch_split(cfg: RunConfig, world_size: int) -> tuple[int, int]:
@@ -183,15 +178,10 @@ def build_run(cfg: RunConfig, info: D.DistInfo, source: Any = None, features_kin
     def read(step: int) -> list[RawBatch]:
         return [source.read(idx) for idx in sampler.micro_batches(step, info.rank, info.world_size, micro)]
 
-    def autocast() -> Any:
-        if dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(dev.type, dtype=dtype)
-
     return Run(cfg=cfg, info=info, objective=objective, model=wrapped, trained=trained, optimizer=optimizer,
                read=read, build_inputs=builder, sampler=sampler, data_size=len(source), micro_batch=micro,
-               accum=accum, flops_per_sample=flops, autocast=autocast, features_kind=features_kind,
-               init_left=left)
+               accum=accum, flops_per_sample=flops, autocast=functools.partial(autocast, dev, dtype),
+               features_kind=features_kind, init_left=left)
 
 
 _Parts = tuple[nn.Module, nn.Module, InputBuilder, float, "list[nn.Module] | None", list[str]]

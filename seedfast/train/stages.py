@@ -12,8 +12,8 @@ DDP and FSDP2 see one forward per micro-step. Every objective returns
 * ``codes`` (stage 2): the chosen codes, for codebook utilisation.
 
 Stages 1–2 compute from the frozen encoder's output (run here, or read from precomputed
-features), so one code path serves both; it equals ``SeedTokenizer.forward`` on the same
-images (tested).
+features), so one code path serves both; it equals
+:func:`seedfast.train.tokenizer_losses.stage_losses` on the same images (tested).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from seedfast.models import tokenizer_losses as losses
 from seedfast.models.seed_tokenizer import SeedTokenizer
+from seedfast.train import tokenizer_losses as losses
 from seedfast.train.config import RunConfig, model_config
 
 IGNORE = -100
@@ -46,14 +46,18 @@ def load_tokenizer_weights(model: SeedTokenizer, folder: str | Path) -> list[str
     Raises
     ------
     ValueError
-        No weights file, a key the model does not have, or a shape mismatch (named).
+        No weights file, a damaged one (:class:`~seedfast.checkpoint_io.CheckpointError`), a key
+        the model does not have, or a shape mismatch (named).
     """
-    from safetensors.torch import load_file
+    from seedfast.models.checkpoints import WEIGHTS_FILE, read_tokenizer_folder
 
-    path = Path(folder) / "model.safetensors"
+    path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise ValueError(f"train.init: {path} not found (expected a folder written by SeedTokenizer.save)")
-    tensors = load_file(str(path))
+    try:
+        _, tensors = read_tokenizer_folder(folder)
+    except FileNotFoundError as err:
+        raise ValueError(f"train.init: {err}") from None
     own = model.state_dict()
     unexpected = sorted(set(tensors) - set(own))
     if unexpected:
@@ -194,8 +198,8 @@ class TokenizerObjective(nn.Module):
             causal = inputs["features"].to(m.query_tokens.dtype)
         else:
             with torch.no_grad():
-                causal = m.Qformer(m.query_tokens, m.ln_vision(self._vit(inputs)).to(m.query_tokens.dtype))
-        terms = m.codebook_losses(causal, inputs["target"])
+                causal = m.causal_embeddings_from_vit(self._vit(inputs))
+        terms = losses.codebook_losses(m, causal, inputs["target"])
         b = causal.shape[0]
         return {name: value if name == "codes" else value * b for name, value in terms.items()}
 

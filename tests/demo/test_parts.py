@@ -13,7 +13,8 @@ from seedfast.demo.encoder import HEAD_MODULES, frozen_encoder_init, sincos_posi
 from seedfast.demo.images import image_grid
 from seedfast.demo.models import EmbeddingNormaliser
 from seedfast.demo.pipeline import DemoError, prepare_output
-from seedfast.train.config import build_config, model_config
+from seedfast.train.config import model_config
+from seedfast.train.config_sources import build_config
 
 
 @pytest.mark.parametrize("name", ["full", "quick"])

@@ -4,6 +4,7 @@ a GPU) the graph-captured path against the eager one."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -242,7 +243,7 @@ def test_the_decode_step_never_reads_back_to_the_host(attention_bucket):
         model = Llama(LlamaConfig.tiny())
     runner = DecodeRunner(model, VOCAB, batch_size=4, max_seq_len=128, use_cuda_graphs=False)
     runner._decode_step(4, attention_bucket)
-    assert runner.state.tokens.is_meta and runner.cache.k.is_meta
+    assert runner.state.tokens.is_meta and runner.cache.k.is_meta and runner.sampler.offset.is_meta
     with pytest.raises(RuntimeError, match="meta"):
         runner.all_done()  # the check itself: a host read, so it fails here
 
@@ -290,12 +291,20 @@ def test_bad_prompts_are_named(pair):
         generate(model, [[1, VOCAB.boi_id, 5]], vocab=VOCAB)
 
 
-def test_sampler_errors_are_raised_after_the_run():
+def test_sampler_errors_are_raised_after_the_run(monkeypatch):
     broken, _ = tiny_pair(seed=24)
     with torch.no_grad():
         broken.output.weight[100] = float("nan")
+    checks = []
+    generate_module = sys.modules["seedfast.generation.generate"]  # the package's `generate` is the function
+    original = generate_module.raise_on_flags
+    monkeypatch.setattr(generate_module, "raise_on_flags", lambda flags: checks.append(1) or original(flags))
     with pytest.raises(ValueError, match="row 0: an allowed logit is NaN"):
         generate(broken, [[1, 2, 3]], vocab=VOCAB, max_new_tokens=4)
+    assert checks == [1]  # once, after the run: the steps themselves never synchronise
+    with pytest.raises(ValueError, match=r"row 1: an allowed logit is NaN") as info:
+        generate(broken, [[1, 2, 3], [1, 4]], vocab=VOCAB, max_new_tokens=4)
+    assert "row 0" in str(info.value)
     out = generate(broken, [[1, 2, 3]], vocab=VOCAB, max_new_tokens=4, check=False)
     assert out[0].finish_reason == "error" and out[0].token_ids == [VOCAB.eos_id]
 

@@ -1,14 +1,13 @@
-"""The LLaMA decoder against transformers' LlamaForCausalLM (same random weights, fp32, CPU),
-its static-cache paths against full recomputation, and checkpoint loading by HF key names."""
+"""The LLaMA decoder against transformers' LlamaForCausalLM (same random weights, fp32, CPU), its
+static-cache paths against full recomputation, configs and errors (checkpoints: test_llama_hf.py)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 import torch
 
-from seedfast.generation.kv_cache import KVCache, cache_bytes_per_token
+from seedfast.models.kv_cache import KVCache, cache_bytes_per_token
 from seedfast.models.llama import (
     Llama,
     LlamaConfig,
@@ -18,7 +17,7 @@ from seedfast.models.llama import (
     rope_table,
 )
 from tests.accuracy import assert_within_baseline
-from tests.generation.tiny import one_thread, random_hf_llama, tiny_pair  # noqa: F401 (one_thread: fixture)
+from tests.generation.tiny import one_thread, tiny_pair  # noqa: F401 (one_thread: fixture)
 
 TOL = 1e-4
 TINY = LlamaConfig.tiny()
@@ -104,71 +103,6 @@ def test_static_cache_decode_equals_full_recomputation():
 def test_forward_matches_transformers_on_every_position():
     model, hf = tiny_pair(seed=6)
     x = torch.tensor(_prompts([40, 40], seed=7))
-    with torch.no_grad():
-        assert (model(x) - hf(x).logits).abs().max() < TOL
-
-
-def test_from_hf_loads_safetensors_shards_and_bin(tmp_path):
-    model, hf = tiny_pair(seed=8)
-    x = torch.tensor(_prompts([12], seed=9))
-    with torch.no_grad():
-        ref = hf(x).logits
-    sharded = tmp_path / "sharded"
-    hf.save_pretrained(sharded, max_shard_size="100KB")
-    assert (sharded / "model.safetensors.index.json").is_file()
-    loaded = Llama.from_hf(sharded)
-    assert loaded.config == model.config and loaded.dtype == torch.float32
-    binary = tmp_path / "bin"
-    binary.mkdir()
-    (binary / "config.json").write_text((sharded / "config.json").read_text())
-    state = {k: v.clone() for k, v in hf.state_dict().items()}
-    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)  # old checkpoints: ignored
-    torch.save(state, binary / "pytorch_model.bin")
-    from_bin = Llama.from_hf(binary, dtype=torch.float64)
-    assert from_bin.dtype == torch.float64
-    with torch.no_grad():
-        assert (loaded(x) - ref).abs().max() < TOL
-        assert (from_bin(x).float() - ref).abs().max() < TOL
-
-
-def test_from_hf_names_missing_unexpected_and_misshaped_keys():
-    _, hf = tiny_pair(seed=10)
-    config = TINY
-    state = dict(hf.state_dict())
-    del state["model.layers.1.mlp.up_proj.weight"]
-    state["model.layers.1.mlp.extra.weight"] = torch.zeros(3)
-    with pytest.raises(ValueError) as info:
-        Llama.from_hf(state, config)
-    msg = str(info.value)
-    assert "1 missing key(s): model.layers.1.mlp.up_proj.weight" in msg
-    assert "1 unexpected key(s): model.layers.1.mlp.extra.weight" in msg
-
-    state = dict(hf.state_dict())
-    state["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(64, 64)
-    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.k_proj\.weight must have shape \(32, 64\) "
-                                         r"for this config, got \(64, 64\)"):
-        Llama.from_hf(state, config)
-    with pytest.raises(ValueError, match="config is required"):
-        Llama.from_hf(dict(hf.state_dict()))
-    with pytest.raises(ValueError, match="missing key"):  # a deeper config does not load silently
-        Llama.from_hf(dict(hf.state_dict()), dataclasses.replace(config, n_layers=3))
-
-
-def test_from_hf_directory_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        Llama.from_hf(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps(TINY.to_hf_dict()))
-    with pytest.raises(FileNotFoundError, match="no model"):
-        Llama.from_hf(tmp_path)
-
-
-def test_hf_state_dict_is_views_that_load_into_transformers():
-    model, _ = tiny_pair(seed=11)
-    hf = random_hf_llama(model.config, seed=99)
-    hf.load_state_dict(model.hf_state_dict(), assign=True)
-    wqkv = model.layers[0].attention.wqkv.weight
-    assert hf.model.layers[0].self_attn.k_proj.weight.data_ptr() == wqkv[64:96].data_ptr()
-    x = torch.tensor(_prompts([10], seed=12))
     with torch.no_grad():
         assert (model(x) - hf(x).logits).abs().max() < TOL
 

@@ -1,5 +1,6 @@
 """SeedTokenizer on the tiny config: numerics against a naive spec implementation (float64),
-causality, training losses and which parameters they train, shapes, dtypes and bad inputs."""
+causality, the attention hook, which parameters each stage trains, shapes, dtypes and bad
+inputs (the training losses are tested in tests/train/test_tokenizer_losses.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,49 +9,18 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from seedfast.models.preprocess import clip_preprocess
 from seedfast.models.seed_tokenizer import SeedTokenizer
 from seedfast.models.tokenizer_config import NUM_QUERY_TOKENS, SeedTokenizerConfig
-from seedfast.models.tokenizer_losses import contrastive_loss
+from seedfast.nn import QFormerAttention, VectorQuantizer
 from seedfast.ops import qformer_attention
 from seedfast.ops._common import triton_available
 from tests.accuracy import assert_within_baseline, rel_err
 from tests.models import naive_seed as naive
+from tests.models.tokenizer_helpers import BATCH, images_for, state64, text_for, tiny
 
 FP32_TOL = 2e-5
-BATCH = 3
-
-
-def randomise_(model: nn.Module, seed: int = 0, std: float = 0.1) -> nn.Module:
-    """Random values everywhere (biases, q/v biases and LayerNorms too), so that a weight
-    used in the wrong place or not at all shows up."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            value = torch.randn(p.shape, generator=g) * std
-            owner = model.get_submodule(name.rpartition(".")[0])
-            if isinstance(owner, nn.LayerNorm) and name.endswith("weight"):
-                value += 1.0
-            if name == "quantize.embedding.weight":
-                value *= 5.0
-            if name == "temp":
-                value = torch.tensor(0.07)
-            p.copy_(value)
-    return model
-
-
-def tiny(seed: int = 0, **overrides) -> SeedTokenizer:
-    return randomise_(SeedTokenizer(SeedTokenizerConfig.tiny(**overrides)), seed).eval()
-
-
-def images_for(cfg: SeedTokenizerConfig, seed: int = 1, batch: int = BATCH) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g)
-
-
-def state64(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().double() for k, v in model.state_dict().items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +92,7 @@ def test_qformer_layer_matches_naive(layer):
     g = torch.Generator().manual_seed(7)
     h = torch.randn(BATCH, NUM_QUERY_TOKENS, cfg.qformer_hidden, generator=g)
     image = torch.randn(BATCH, cfg.num_patches + 1, cfg.vit_width, generator=g)
-    out = model.Qformer.layers[layer].forward_queries(h, image, model.Qformer.attend)
+    out = model.Qformer.layers[layer].forward_queries(h, image)
     ref = naive.qformer_layer(h.double(), image.double(), state64(model), layer, cfg)
     assert (layer % cfg.cross_attention_freq == 0) == (model.Qformer.layers[layer].crossattention is not None)
     assert rel_err(out, ref) < FP32_TOL
@@ -151,6 +121,24 @@ def test_batched_encode_equals_one_by_one():
     together = model.encode(images)
     alone = torch.cat([model.encode(images[i:i + 1]) for i in range(4)])
     assert torch.equal(together, alone)
+    assert torch.equal(model(images), together)  # calling the model encodes
+
+
+def test_built_from_the_seedfast_nn_modules_under_official_names():
+    model = tiny(training_heads=True)
+    assert type(model.quantize) is VectorQuantizer
+    attentions = {n: m for n, m in model.named_modules() if isinstance(m, QFormerAttention)}
+    cfg = model.config
+    assert len(attentions) == cfg.qformer_layers + len(range(0, cfg.qformer_layers, cfg.cross_attention_freq))
+    for name, module in attentions.items():
+        assert name.endswith(("attention.self", "crossattention.self")) and module.layout == "bert"
+        assert {n for n, _ in module.named_parameters()} == {f"{p}.{w}" for p in ("query", "key", "value")
+                                                             for w in ("weight", "bias")}
+    # The drop-in VQ layer's own codes and codebook lookup are the tokenizer's.
+    z = torch.randn(2, NUM_QUERY_TOKENS, cfg.code_dim, generator=torch.Generator().manual_seed(13))
+    codes = model.quantize.encode(z)
+    assert torch.equal(codes, torch.cdist(z, model.quantize.embedding.weight[None]).argmin(-1))
+    assert torch.equal(model.embed_codes(codes), model.decode_task_layer(model.quantize.embedding.weight[codes]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +190,7 @@ def test_qformer_through_the_triton_kernel(device):
     model = tiny(training_heads=True).to(device)
     cfg = model.config
     images = images_for(cfg, batch=2).to(device)
-    ids, lengths = _text(cfg)
+    ids, lengths = text_for(cfg)
     ids, lengths = ids[:2].to(device), lengths[:2].to(device)
     ref_causal, ref_text = model.causal_embeddings(images), model.Qformer.forward_text(ids, lengths)
     model.Qformer.attend = functools.partial(qformer_attention, backend="triton")
@@ -228,34 +216,13 @@ def test_train_mode_dropout_is_per_image():
 
 
 # ---------------------------------------------------------------------------------------------
-# Training losses
-
-
-def _text(cfg: SeedTokenizerConfig, seed: int = 9):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, cfg.vocab_size, (BATCH, 7), generator=g)
-    lengths = torch.tensor([7, 3, 5])
-    return ids, lengths
-
-
-def test_stage1_loss_matches_naive():
-    model = tiny(training_heads=True)
-    cfg = model.config
-    images = images_for(cfg)
-    ids, lengths = _text(cfg)
-    out = model(images, stage=1, text_ids=ids, text_lengths=lengths)
-    assert set(out) == {"itc", "loss"}
-    ref = naive.stage1_losses(images.double(), ids, lengths, state64(model), cfg)
-    for name in out:
-        assert out[name].dtype == torch.float32 and out[name].dim() == 0
-        assert torch.isfinite(out[name])
-        assert rel_err(out[name], ref[name]) < 1e-5, name
+# Training features and stages
 
 
 def test_stage1_padding_is_masked():
     model = tiny(training_heads=True)
     cfg = model.config
-    ids, lengths = _text(cfg)
+    ids, lengths = text_for(cfg)
     changed = ids.clone()
     changed[1, 3:] = (changed[1, 3:] + 1) % cfg.vocab_size  # row 1 has 3 real tokens
     a = model.Qformer.forward_text(ids, lengths)[:, 0]
@@ -263,69 +230,6 @@ def test_stage1_padding_is_masked():
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     c = model.Qformer.forward_text(changed, torch.tensor([7, 7, 5]))[:, 0]
     assert (c[1] - b[1]).abs().max() > 1e-3
-
-
-def test_stage2_losses_match_naive_and_weights():
-    model = tiny(training_heads=True)
-    cfg = model.config
-    images = images_for(cfg)
-    target = torch.randn(BATCH, cfg.generation_embed_dim, generator=torch.Generator().manual_seed(10))
-    out = model(images, stage=2, target_image_embeds=target)
-    assert set(out) == {"vq", "mse", "cos", "loss"}
-    for name, value in out.items():
-        assert value.dtype == torch.float32 and value.dim() == 0 and torch.isfinite(value), name
-    torch.testing.assert_close(out["loss"], 5.0 * out["vq"] + 0.5 * out["mse"] + 2.0 * out["cos"])
-    ref = naive.stage2_losses(images.double(), target.double(), state64(model), cfg)
-    for name in out:
-        assert rel_err(out[name], ref[name]) < 1e-5, name
-
-
-def test_contrastive_loss_gather_and_rank():
-    g = torch.Generator().manual_seed(11)
-    img = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
-    txt = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
-    other_img = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
-    other_txt = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
-    temp = torch.tensor(0.07)
-
-    def gather(x):
-        return torch.cat([other_img if x.data_ptr() == img.data_ptr() else other_txt, x])
-
-    got = contrastive_loss(img, txt, temp, gather=gather, rank=1)
-    # By hand: rank 1's targets are rows 3..5 of the gathered features.
-    all_img, all_txt = torch.cat([other_img, img]), torch.cat([other_txt, txt])
-    t = torch.arange(3, 6)
-    want = 0.5 * (F.cross_entropy(img @ all_txt.t() / temp, t, label_smoothing=0.1)
-                  + F.cross_entropy(txt @ all_img.t() / temp, t, label_smoothing=0.1))
-    torch.testing.assert_close(got, want)
-    assert not torch.allclose(got, contrastive_loss(img, txt, temp))
-
-
-@pytest.mark.parametrize("stage", [1, 2])
-def test_gradients_reach_exactly_the_stage_parameters(stage):
-    model = tiny(training_heads=True).train()
-    cfg = model.config
-    for p in model.parameters():
-        p.requires_grad_(True)
-    images = images_for(cfg)
-    if stage == 1:
-        ids, lengths = _text(cfg)
-        out = model(images, stage=1, text_ids=ids, text_lengths=lengths)
-    else:
-        target = torch.randn(BATCH, cfg.generation_embed_dim)
-        out = model(images, stage=2, target_image_embeds=target)
-    out["loss"].backward()
-    got = {n for n, p in model.named_parameters() if p.grad is not None}
-    want = {n for n, _ in model.trainable_parameters(stage)}
-    assert got == want, f"extra: {sorted(got - want)[:5]}, missing: {sorted(want - got)[:5]}"
-    assert not any(n.startswith("visual_encoder.") for n in want)
-    top = {n.split(".", 1)[0] for n in want}
-    if stage == 1:
-        assert top == {"Qformer", "query_tokens", "ln_vision", "vision_proj", "text_proj", "temp"}
-        assert "Qformer.bert.embeddings.word_embeddings.weight" in want
-    else:
-        assert top == {"quantize", "encode_task_layer", "decode_task_layer", "pos_embed", "pos_embed_image",
-                       "blocks", "blocks_image", "image_down", "distill_image_proj"}
 
 
 def test_set_trainable():
@@ -373,8 +277,6 @@ def test_bf16_model():
 
 
 def test_encode_pixels_preprocesses():
-    from seedfast.data import clip_preprocess
-
     model = tiny()
     g = torch.Generator().manual_seed(12)
     pixels = torch.randint(0, 256, (2, 3, 40, 52), dtype=torch.uint8, generator=g)
@@ -420,32 +322,6 @@ def test_bad_codes():
             fn(good.float())
     # Out-of-range codes are only caught when checked (check_range=False skips the host sync).
     assert model.embed_codes(good, check_range=False).shape == (2, NUM_QUERY_TOKENS, model.config.qformer_hidden)
-
-
-def test_bad_training_calls():
-    inference = tiny()
-    images = images_for(inference.config)
-    with pytest.raises(RuntimeError, match="training_heads=True"):
-        inference(images, stage=2, target_image_embeds=torch.zeros(BATCH, inference.config.generation_embed_dim))
-    with pytest.raises(RuntimeError, match="without the text path"):
-        inference.Qformer.forward_text(torch.zeros(1, 3, dtype=torch.int64), torch.tensor([3]))
-    model = tiny(training_heads=True)
-    cfg = model.config
-    ids, lengths = _text(cfg)
-    with pytest.raises(ValueError, match="stage must be 1 or 2, got 3"):
-        model(images, stage=3)
-    with pytest.raises(TypeError, match="text_ids"):
-        model(images, stage=1)
-    with pytest.raises(ValueError, match=r"text_ids must have shape \[B=3"):
-        model(images, stage=1, text_ids=ids[:2], text_lengths=lengths)
-    with pytest.raises(ValueError, match=r"text_lengths must have shape \[3\]"):
-        model(images, stage=1, text_ids=ids, text_lengths=lengths[:2])
-    with pytest.raises(ValueError, match="at most 16"):
-        model(images, stage=1, text_ids=torch.zeros(BATCH, 17, dtype=torch.int64), text_lengths=lengths)
-    with pytest.raises(TypeError, match="target_image_embeds"):
-        model(images, stage=2)
-    with pytest.raises(ValueError, match=rf"target_image_embeds must have shape \[3, {cfg.generation_embed_dim}\]"):
-        model(images, stage=2, target_image_embeds=torch.zeros(BATCH, 7))
 
 
 # ---------------------------------------------------------------------------------------------

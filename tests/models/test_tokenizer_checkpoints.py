@@ -3,6 +3,7 @@ the model code) on the meta device at full size, every error path, the ``visual_
 and separate-EVA-file layouts, and real round trips on the tiny config."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -386,4 +387,36 @@ def test_load_errors(tmp_path):
     # Weights that do not match the config: every offending key named.
     cfg_file.write_text(original.replace('"head_depth": 2', '"head_depth": 3'))
     with pytest.raises(CheckpointError, match=r"blocks_image\.2\.attn\.qkv\.weight \[96, 32\]"):
+        load_tokenizer(path)
+
+
+def test_save_is_atomic_and_checksummed(tmp_path):
+    model = SeedTokenizer(SeedTokenizerConfig.tiny())
+    path = model.save(tmp_path / "tok")
+    meta = json.loads((path / "config.json").read_text())
+    assert meta["version"] == 2 and set(meta["files"]) == {"model.safetensors"}
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: \d+ bytes, expected \d+ \(truncated"):
+        load_tokenizer(path)
+    # Saving again over a damaged folder replaces it whole.
+    model.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
+    load_tokenizer(path)
+
+
+def test_version_1_folders_still_load(tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    model = SeedTokenizer(SeedTokenizerConfig.tiny())
+    path = tmp_path / "old"
+    path.mkdir()
+    save_file(model.state_dict(), str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps({"format": "seedfast-seed-tokenizer", "version": 1,
+                                                  "config": model.config.to_dict()}))
+    loaded = load_tokenizer(path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert "without checksums" in caplog.text
+    (path / "config.json").write_text(json.dumps({"format": "seedfast-seed-tokenizer", "version": 3}))
+    with pytest.raises(ValueError, match="version 3, this seedfast reads 2"):
         load_tokenizer(path)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from seedfast.nn import ConstrainedSampler, VisualVocab, image_positions
+from seedfast.nn.constrained_sample import image_positions_by_token
 from seedfast.ops import FLAG_NON_FINITE, constrained_sample
 
 # Text 0..9 (eos 2), span ids 10..15, <open> 16, <close> 17, three span tokens per span.
@@ -59,6 +60,19 @@ def test_image_positions(row, expected):
     ids = torch.tensor([row, [1] * len(row)])
     assert image_positions(ids, VOCAB).tolist() == [expected, -1]
     assert image_positions(ids, VOCAB).dtype == torch.int32
+
+
+def test_positions_by_token_are_the_positions_of_every_prefix():
+    g = torch.Generator().manual_seed(0)
+    # Mostly markers and span ids, so rows open, fill, close and break spans.
+    ids = torch.tensor([10, 11, 12, 16, 17, 1])[torch.randint(0, 6, (5, 30), generator=g)]
+    by_token = image_positions_by_token(ids, VOCAB)
+    assert by_token.dtype == torch.int32 and by_token.shape == (5, 30)
+    for i in range(30):
+        assert torch.equal(by_token[:, i], image_positions(ids[:, : i + 1], VOCAB)), i
+    assert image_positions_by_token(torch.zeros(2, 0, dtype=torch.int64), VOCAB).shape == (2, 0)
+    with pytest.raises(TypeError, match="image_positions_by_token: input_ids must be an integer tensor"):
+        image_positions_by_token(torch.zeros(2, 3), VOCAB)
 
 
 def test_image_positions_of_empty_rows_and_bad_inputs():
@@ -161,9 +175,49 @@ def test_error_rows_set_sticky_flags_without_check():
     assert sampler.error_flags.tolist() == [0, FLAG_NON_FINITE], "flags stay set until reset"
     sampler.reset()
     assert sampler.error_flags.tolist() == [0, 0]
-    checking = ConstrainedSampler(VOCAB, 2)
+    checking = ConstrainedSampler(VOCAB, 2, check=True)
     with pytest.raises(ValueError, match="row 1: an allowed logit is NaN"):
         checking(logits)
+
+
+def test_the_default_sampler_checks_once_when_asked():
+    sampler = ConstrainedSampler(VOCAB, 3)
+    sampler.check()  # nothing went wrong yet
+    bad = torch.randn(3, V)
+    bad[2, 4] = float("nan")
+    tokens = sampler(bad)  # no per-call check, no host synchronisation
+    assert tokens[2] == VOCAB.eos_id and sampler.error_flags.tolist() == [0, 0, FLAG_NON_FINITE]
+    sampler(torch.randn(3, V))
+    with pytest.raises(ValueError, match="row 2: an allowed logit is NaN") as info:
+        sampler.check()
+    assert "row 0" not in str(info.value) and "row 1" not in str(info.value)
+    sampler.reset()
+    sampler.check()
+
+
+def test_step_runs_a_prefix_of_rows_and_holds_inactive_ones():
+    """What the decode runner needs: a batch of 3 in a sampler of 4, stopped rows masked."""
+    torch.manual_seed(5)
+    full = ConstrainedSampler(VOCAB, 3, temperature=0.9, top_k=6, seed=3)
+    wide = ConstrainedSampler(VOCAB, 4, temperature=0.9, top_k=6, seed=3)
+    full.reset(torch.tensor([[1, 16], [1, 2], [16, 10]]))
+    wide.image_pos[:3].copy_(full.image_pos)
+    for _ in range(6):
+        logits = torch.randn(3, V)
+        tokens, flags = wide.step(logits)
+        assert torch.equal(tokens, full(logits)) and flags.tolist() == [0, 0, 0]
+        assert torch.equal(wide.image_pos[:3], full.image_pos)
+    assert wide.offset.tolist() == [6, 6, 6, 0] and wide.image_pos[3] == -1
+    active = torch.tensor([True, False, True])
+    wide.image_pos[1] = 0  # inside a span: sampled, it would move on
+    before = wide.image_pos[:3].clone()
+    logits = torch.randn(3, V)
+    logits[1] = float("nan")  # an error row, if it were sampled
+    tokens, flags = wide.step(logits, active)
+    assert tokens[1] == VOCAB.eos_id and wide.image_pos[1] == before[1] == 0 and flags[1] == 0
+    assert wide.error_flags.tolist() == [0, 0, 0, 0] and wide.offset.tolist() == [7, 7, 7, 0]
+    with pytest.raises(ValueError, match="5 rows of logits for a sampler of batch_size=4"):
+        wide.step(torch.randn(5, V))
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import sys
 
 import torch.distributed as dist
 
-from seedfast.train.config import build_config, read_preset
+from seedfast.train.config_sources import build_config, read_preset
 from seedfast.train.loop import train
 
 STEPS = 2

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from seedfast.train.config import build_config, read_preset
+from seedfast.train.config_sources import build_config, read_preset
 
 REPO = Path(__file__).resolve().parents[2]
 

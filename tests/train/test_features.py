@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from seedfast.data import ProceduralConfig, ProceduralDataset, clip_preprocess
+from seedfast.data import ProceduralConfig, ProceduralDataset
+from seedfast.models.preprocess import clip_preprocess
 from seedfast.train.stages import build_tokenizer
 
 from seedfast.train.config import ConfigError

@@ -1,5 +1,5 @@
-"""The stages: objectives equal the model's own losses, each stage's loss falls, sequences,
-LoRA merging, stage-2 targets."""
+"""The stages: objectives equal the tokenizer's losses from images, each stage's loss falls,
+sequences, LoRA merging, stage-2 targets."""
 import numpy as np
 import pytest
 import torch
@@ -12,13 +12,14 @@ from seedfast.train.run import build_run
 from seedfast.train.stages import build_llm, merge_lora
 from seedfast.train.targets import StandInTarget, build_target
 from seedfast.train.text import WordTokenizer, clean_caption, interleave, stage1_text
+from seedfast.train.tokenizer_losses import stage_losses
 
 from .helpers import max_diff, steps_of, tiny, weights
 
 
 @pytest.mark.parametrize("stage", [1, 2])
-def test_objective_equals_seed_tokenizer_forward(stage):
-    """The loop's loss path (from ViT output) is the model's own ``forward`` on the same images."""
+def test_objective_equals_stage_losses_from_images(stage):
+    """The loop's loss path (from ViT output) is :func:`stage_losses` on the same images."""
     run = build_run(tiny(stage), D.setup("cpu"))
     mb = run.build_inputs(run.read(0)[0])
     model = run.trained
@@ -26,7 +27,7 @@ def test_objective_equals_seed_tokenizer_forward(stage):
         ours = run.objective(mb.inputs)
         kwargs = ({"text_ids": mb.inputs["text_ids"], "text_lengths": mb.inputs["text_lengths"]} if stage == 1
                   else {"target_image_embeds": mb.inputs["target"]})
-        theirs = model(mb.inputs["images"], stage=stage, **kwargs)
+        theirs = stage_losses(model, mb.inputs["images"], stage=stage, **kwargs)
     b = mb.units
     for key in ("itc",) if stage == 1 else ("vq", "mse", "cos"):
         torch.testing.assert_close(ours[key] / b, theirs[key], rtol=1e-6, atol=1e-7)

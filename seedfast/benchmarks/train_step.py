@@ -1,26 +1,31 @@
-"""Measure training throughput on this device: real training steps of the loop
-(:func:`seedfast.train.loop.train_step`) on synthetic batches, timed by the benchmark harness,
-one result per budget mode, written as a results JSON that ``seedfast budget --results`` reads.
+"""Training steps timed on this device, for ``seedfast budget --measure``: real steps of the loop
+(:func:`seedfast.train.loop.train_step`) on synthetic batches, one result per budget mode, written
+as a results JSON; and that JSON read back as the budget's measurements.
 
 Synthetic batches: random images (or random features of the right shape), a fixed caption and
-random stage-2 targets, so neither data loading nor the CLIP-H target model is timed.
+random stage-2 targets, so neither data loading nor the CLIP-H target model is timed. Not a
+``seedfast bench`` suite: it has no peers, and its sizes come from a training config.
 """
 from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from seedfast.benchmarks.harness import Case, Impl, RunResult, measure
+from seedfast.benchmarks.harness import Case, Impl, RunResult, load_result, measure
 from seedfast.env import collect
 from seedfast.models.tokenizer_config import NUM_QUERY_TOKENS
+from seedfast.train import budget
 from seedfast.train import distributed as D
-from seedfast.train.budget import MODES, mode_flops
-from seedfast.train.config import build_config, model_config
+from seedfast.train.budget import MODES, TEXT_LENGTH, mode_flops, tokenizer_config
+from seedfast.train.config import model_config
+from seedfast.train.config_sources import build_config
 from seedfast.train.data import RawBatch
+from seedfast.train.precision import compute_dtype
 
 CAPTION = "a small red circle to the left of a large blue square"
 
@@ -76,7 +81,7 @@ def measure_modes(tables: Sequence[dict], overrides: Sequence[str], *, modes: Se
     """
     from seedfast.train.inputs import MicroBatch
     from seedfast.train.loop import train_step
-    from seedfast.train.run import build_run, compute_dtype
+    from seedfast.train.run import build_run
 
     info = D.setup(device)
     env = collect()
@@ -112,3 +117,30 @@ def measure_modes(tables: Sequence[dict], overrides: Sequence[str], *, modes: Se
         result.measurements.append(measure(case, Impl("seedfast", build, ours=True), info.device,
                                            budget_ms=budget_ms))
     return result
+
+
+def from_results(path: str | Path) -> list[budget.Measurement]:
+    """The budget's measurements (:class:`seedfast.train.budget.Measurement`) in a results JSON:
+    its op ``"train"`` ones, as :func:`measure_modes` writes them.
+
+    Each has ``mode`` one of :data:`~seedfast.train.budget.MODES`, ``case`` with ``batch`` and
+    ``config`` (``"official"``/``"tiny"``), and ``median_ms`` for one step of ``batch`` samples on
+    one GPU.
+
+    Raises
+    ------
+    ValueError
+        Not a results file, or no usable ``train`` measurement in it.
+    """
+    result = load_result(path)
+    out = []
+    for m in result.measurements:
+        if m.op != "train" or m.mode not in MODES or m.error or not m.median_ms:
+            continue
+        preset = m.case.get("config", "official")
+        flops = mode_flops(tokenizer_config(preset), m.mode, int(m.case.get("text_length", TEXT_LENGTH)))
+        out.append(budget.Measurement(m.mode, m.median_ms / 1e3 / int(m.case["batch"]), flops, result.device,
+                                      f"{path}", preset))
+    if not out:
+        raise ValueError(f"{path}: no 'train' measurement (modes {', '.join(MODES)}) in this results file")
+    return out

@@ -1,4 +1,8 @@
-"""The tokenizer's image preprocessing (spec §2), in torch alone (no torchvision)."""
+"""The tokenizer's image preprocessing (spec §2), in torch alone (no torchvision).
+
+It lives beside the tokenizer, which owns its input format (``SeedTokenizer.encode_pixels``);
+data loaders hand over raw uint8 images and the layers above models (train, demo) call it.
+"""
 from __future__ import annotations
 
 import torch

@@ -14,6 +14,7 @@ from seedfast.models.seed_llama import (
     get_template,
     image_block,
     load_seed_llama,
+    open_image_codes,
     open_image_position,
     split_generated,
     tiny_visual_vocab,
@@ -143,6 +144,23 @@ def test_image_blocks_slots_and_open_images():
     for bad in ([1, 320, 5], [1, *block[:33], 256], [1, 320, 321]):
         with pytest.raises(ValueError, match="breaks the image grammar"):
             open_image_position(bad, VOCAB)
+        with pytest.raises(ValueError, match="breaks the image grammar"):
+            open_image_codes(bad, VOCAB)
+    assert open_image_position([], VOCAB) == -1
+    assert open_image_position([5, 321, 260, 2], VOCAB) == -1  # stray </img> and codes in text are text
+    assert open_image_codes([1, *block], VOCAB) is None
+    assert open_image_codes([1, *block[:5]], VOCAB) == codes[:4]
+    assert open_image_codes([1, 320], VOCAB) == []
+
+
+def test_open_image_position_agrees_with_the_sampler_state():
+    """One grammar state: the prompt check reads nn.image_positions' state, so on any prompt that
+    keeps the grammar both say the same."""
+    from seedfast.nn import image_positions
+
+    block = image_block(list(range(32)), VOCAB)
+    for prompt in ([1, 5], [1, *block], [1, *block, 9, *block[:7]], [1, *block[:33]], [320]):
+        assert open_image_position(prompt, VOCAB) == image_positions(torch.tensor([prompt]), VOCAB).item()
 
 
 def test_split_generated():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from seedfast.data import CLIP_MEAN, CLIP_STD, clip_preprocess
+from seedfast.models.preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 
 MEAN = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
@@ -58,3 +58,12 @@ def test_bad_inputs():
         clip_preprocess(torch.zeros(1, 3, 8, 8, dtype=torch.int64))
     with pytest.raises(ValueError, match="size must be positive"):
         clip_preprocess(torch.zeros(1, 3, 8, 8), size=0)
+
+
+def test_old_data_path_warns_and_returns_the_same_function():
+    import seedfast.data
+
+    with pytest.warns(DeprecationWarning, match="seedfast.data.clip_preprocess moved to seedfast.models.preprocess"):
+        assert seedfast.data.clip_preprocess is clip_preprocess
+    with pytest.warns(DeprecationWarning):
+        assert seedfast.data.CLIP_MEAN == CLIP_MEAN
