@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from seedfast.checkpoint_io import MANIFEST_FILE, verify_folder, write_folder
 from seedfast.models.llama import Llama
 from seedfast.models.llama_config import LlamaConfig
 
@@ -239,6 +240,8 @@ def load_hf(path_or_state_dict: str | Path | Mapping[str, torch.Tensor],
     ------
     FileNotFoundError
         No config or weights in the directory.
+    CheckpointError
+        A folder written by :func:`save_hf` whose files are damaged (named).
     ValueError
         Missing or unexpected keys (listed), or a tensor of the wrong shape (named, expected vs got).
     """
@@ -249,6 +252,10 @@ def load_hf(path_or_state_dict: str | Path | Mapping[str, torch.Tensor],
         tensors: Mapping[str, torch.Tensor] = path_or_state_dict
     else:
         root = Path(path_or_state_dict)
+        if (root / MANIFEST_FILE).is_file():
+            # Written by save_hf: check every file before reading it. Folders from elsewhere
+            # (the released weights) carry no manifest and are read as they are.
+            verify_folder(root)
         if config is None:
             cfg_path = root / HF_CONFIG_FILE
             if not cfg_path.is_file():
@@ -262,10 +269,12 @@ def load_hf(path_or_state_dict: str | Path | Mapping[str, torch.Tensor],
 
 def save_hf(model_or_state: Llama | Mapping[str, torch.Tensor], config: LlamaConfig | None,
             folder: str | Path) -> Path:
-    """Write a Hugging Face LLaMA folder: ``config.json`` and ``model.safetensors``.
+    """Write a Hugging Face LLaMA folder: ``config.json``, ``model.safetensors`` and a checksum
+    ``manifest.json``, atomically (:func:`seedfast.checkpoint_io.write_folder`).
 
-    :func:`load_hf` (``Llama.from_hf``) and ``transformers.LlamaForCausalLM.from_pretrained``
-    load it back with the same weights, bit for bit.
+    :func:`load_hf` (``Llama.from_hf``, which verifies the checksums) and
+    ``transformers.LlamaForCausalLM.from_pretrained`` load it back with the same weights, bit
+    for bit.
 
     Parameters
     ----------
@@ -275,7 +284,7 @@ def save_hf(model_or_state: Llama | Mapping[str, torch.Tensor], config: LlamaCon
     config : LlamaConfig or None
         Required with a state dict; with a model, None or the model's own config.
     folder : path
-        Created when missing (parents too); the two files are overwritten.
+        Created when missing (parents too); an existing folder is replaced as a whole.
 
     Returns
     -------
@@ -288,8 +297,6 @@ def save_hf(model_or_state: Llama | Mapping[str, torch.Tensor], config: LlamaCon
         A state dict without a config, a config that differs from the model's, or a state dict
         that does not fit its config (missing, unexpected or mis-shaped keys, named).
     """
-    from safetensors.torch import save_file
-
     op = "save_hf"
     if isinstance(model_or_state, Llama):
         if config is not None and config != model_or_state.config:
@@ -303,14 +310,10 @@ def save_hf(model_or_state: Llama | Mapping[str, torch.Tensor], config: LlamaCon
         except RuntimeError as err:  # load_state_dict's report names every bad key
             report = " ".join(str(err).split())
             raise ValueError(f"{op}: the state dict does not fit the config: {report}") from None
-    root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in to_hf_state_dict(model).items()}
-    save_file(tensors, str(root / HF_WEIGHTS_FILE), metadata={"format": "pt"})
     hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
           "torch_dtype": str(model.dtype).removeprefix("torch."), **model.config.to_hf_dict()}
-    (root / HF_CONFIG_FILE).write_text(json.dumps(hf, indent=1) + "\n", encoding="utf-8")
-    return root
+    return write_folder(folder, {HF_WEIGHTS_FILE: tensors, HF_CONFIG_FILE: hf}, metadata={"format": "pt"})
 
 
 __all__ = [

@@ -17,8 +17,6 @@ for the LLM). Loading broadcasts from rank 0 under several processes, so only ra
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -96,22 +94,18 @@ def load_trained(run: Run, model: dict[str, torch.Tensor], optimizer: dict[str, 
 
 
 def export_final(run: Run, out: str | Path) -> Path:
-    """Collective: write the finished model to ``out/final`` (rank 0), atomically; return the folder."""
+    """Collective: write the finished model to ``out/final`` (rank 0), atomically; return the folder.
+
+    Both writers (``SeedTokenizer.save``, :func:`~seedfast.models.llama_hf.save_hf`) go through
+    :func:`seedfast.checkpoint_io.write_folder`, so the folder is complete or absent.
+    """
     trained = trained_state(run)
     final = Path(out) / FINAL_DIR
     if run.info.is_main:
-        tmp = Path(out) / f".tmp-{FINAL_DIR}"
-        shutil.rmtree(tmp, ignore_errors=True)
         if run.cfg.stage in (1, 2):
-            _write_tokenizer(run, trained, tmp)
+            _write_tokenizer(run, trained, final)
         else:
-            _write_llm(run, trained, tmp)
-        for f in tmp.iterdir():
-            fd = os.open(f, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+            _write_llm(run, trained, final)
     D.barrier(run.info)
     return final
 

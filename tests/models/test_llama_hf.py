@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from seedfast.checkpoint_io import CheckpointError
 from seedfast.models import llama_hf
 from seedfast.models.llama import Llama, LlamaConfig, RopeScaling
 from seedfast.models.llama_hf import save_hf
@@ -156,3 +157,19 @@ def test_old_paths_under_models_llama_warn_and_work(name):
     assert still_here is Llama
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         old.nope
+
+
+def test_save_hf_writes_atomically_and_from_hf_verifies(tmp_path):
+    model = Llama(LlamaConfig.tiny()).eval()
+    folder = save_hf(model, None, tmp_path / "llm")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors.*SHA-256"):
+        Llama.from_hf(folder)
+    # A folder from elsewhere (no manifest) is read as it is.
+    (folder / "manifest.json").unlink()
+    assert isinstance(Llama.from_hf(folder), Llama)
