@@ -51,10 +51,11 @@ struct Params {
   const float* top_p;
   const int64_t* seed;
   const int64_t* offset;
+  const int64_t* stream;
   int64_t* tokens;
   int32_t* next_pos;
   int32_t* flags;
-  int64_t stride_row, s_temp, s_topk, s_topp, s_seed, s_off;
+  int64_t stride_row, s_temp, s_topk, s_topp, s_seed, s_off, s_stream;
   int text_vocab, first_code, num_codes, boi_id, eoi_id, eos_id;
   int64_t codes_per_image;
   bool pos_is_int64;
@@ -349,7 +350,7 @@ __global__ void __launch_bounds__(kThreads) constrained_sample_kernel(const Para
   const float temp = p.temperature[b * p.s_temp];
   const int64_t top_k = p.top_k[b * p.s_topk];
   const float top_p = p.top_p[b * p.s_topp];
-  const float u = row_uniform(p.seed[b * p.s_seed], p.offset[b * p.s_off], b);
+  const float u = row_uniform(p.seed[b * p.s_seed], p.offset[b * p.s_off], p.stream[b * p.s_stream]);
 
   // ---- pass 1
   Stats st{-kInf, INT_MAX, kInf, 0, 0};
@@ -547,15 +548,16 @@ cudaError_t launch_typed(const Params& p, int64_t batch, cudaStream_t stream) {
 }  // namespace seedfast_sample
 
 // logits_dtype: 0 float32, 1 float16, 2 bfloat16. Per-row arguments are read at b * stride (a
-// stride of 0 broadcasts one value). Returns cudaErrorInvalidValue for bad sizes; launches on
+// stride of 0 broadcasts one value); rng_stream is each row's random stream id (the row index
+// unless the caller keys rows by request). Returns cudaErrorInvalidValue for bad sizes; launches on
 // `stream` and never synchronises.
 extern "C" cudaError_t seedfast_constrained_sample(
     const void* logits, int logits_dtype, int64_t batch, int64_t vocab_size, int64_t stride_row,
     const void* image_pos, int pos_is_int64, const float* temperature, int64_t s_temp, const int64_t* top_k,
     int64_t s_topk, const float* top_p, int64_t s_topp, const int64_t* seed, int64_t s_seed,
-    const int64_t* offset, int64_t s_off, int64_t text_vocab, int64_t first_code, int64_t num_codes,
-    int64_t boi_id, int64_t eoi_id, int64_t eos_id, int64_t codes_per_image, int64_t* tokens,
-    int32_t* next_pos, int32_t* flags, cudaStream_t stream) {
+    const int64_t* offset, int64_t s_off, const int64_t* rng_stream, int64_t s_stream, int64_t text_vocab,
+    int64_t first_code, int64_t num_codes, int64_t boi_id, int64_t eoi_id, int64_t eos_id, int64_t codes_per_image,
+    int64_t* tokens, int32_t* next_pos, int32_t* flags, cudaStream_t stream) {
   using namespace seedfast_sample;
   if (batch < 0 || batch > INT_MAX || vocab_size > INT_MAX || first_code + num_codes > vocab_size ||
       boi_id >= vocab_size || eoi_id >= vocab_size || text_vocab > vocab_size || eos_id >= text_vocab) {
@@ -570,6 +572,7 @@ extern "C" cudaError_t seedfast_constrained_sample(
   p.top_p = top_p;
   p.seed = seed;
   p.offset = offset;
+  p.stream = rng_stream;
   p.tokens = tokens;
   p.next_pos = next_pos;
   p.flags = flags;
@@ -579,6 +582,7 @@ extern "C" cudaError_t seedfast_constrained_sample(
   p.s_topp = s_topp;
   p.s_seed = s_seed;
   p.s_off = s_off;
+  p.s_stream = s_stream;
   p.text_vocab = static_cast<int>(text_vocab);
   p.first_code = static_cast<int>(first_code);
   p.num_codes = static_cast<int>(num_codes);

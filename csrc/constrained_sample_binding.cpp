@@ -13,9 +13,9 @@ extern "C" cudaError_t seedfast_constrained_sample(
     const void* logits, int logits_dtype, int64_t batch, int64_t vocab_size, int64_t stride_row,
     const void* image_pos, int pos_is_int64, const float* temperature, int64_t s_temp, const int64_t* top_k,
     int64_t s_topk, const float* top_p, int64_t s_topp, const int64_t* seed, int64_t s_seed,
-    const int64_t* offset, int64_t s_off, int64_t text_vocab, int64_t first_code, int64_t num_codes,
-    int64_t boi_id, int64_t eoi_id, int64_t eos_id, int64_t codes_per_image, int64_t* tokens,
-    int32_t* next_pos, int32_t* flags, cudaStream_t stream);
+    const int64_t* offset, int64_t s_off, const int64_t* rng_stream, int64_t s_stream, int64_t text_vocab,
+    int64_t first_code, int64_t num_codes, int64_t boi_id, int64_t eoi_id, int64_t eos_id, int64_t codes_per_image,
+    int64_t* tokens, int32_t* next_pos, int32_t* flags, cudaStream_t stream);
 
 namespace {
 
@@ -45,7 +45,8 @@ int dtype_code(torch::ScalarType dtype) {
 std::vector<torch::Tensor> constrained_sample(const torch::Tensor& logits, const torch::Tensor& image_pos,
                                               const torch::Tensor& temperature, const torch::Tensor& top_k,
                                               const torch::Tensor& top_p, const torch::Tensor& seed,
-                                              const torch::Tensor& offset, const std::vector<int64_t>& layout) {
+                                              const torch::Tensor& offset, const torch::Tensor& stream,
+                                              const std::vector<int64_t>& layout) {
   TORCH_CHECK(logits.is_cuda(), kOp, ": logits must be a CUDA tensor, got ", logits.device());
   TORCH_CHECK(logits.dim() == 2, kOp, ": logits must be [B, V], got ", logits.sizes());
   TORCH_CHECK(logits.stride(1) == 1 || logits.size(1) <= 1, kOp, ": logits need unit stride in V");
@@ -61,6 +62,7 @@ std::vector<torch::Tensor> constrained_sample(const torch::Tensor& logits, const
   check_per_row(top_p, "top_p", batch, torch::kFloat32, device);
   check_per_row(seed, "seed", batch, torch::kInt64, device);
   check_per_row(offset, "offset", batch, torch::kInt64, device);
+  check_per_row(stream, "stream", batch, torch::kInt64, device);
 
   const c10::cuda::CUDAGuard guard(device);
   // The kernel reads image_pos with unit stride; the other per-row tensors with their stride.
@@ -73,7 +75,8 @@ std::vector<torch::Tensor> constrained_sample(const torch::Tensor& logits, const
       logits.data_ptr(), code, batch, logits.size(1), logits.stride(0), pos.data_ptr(),
       pos.scalar_type() == torch::kInt64 ? 1 : 0, temperature.data_ptr<float>(), temperature.stride(0),
       top_k.data_ptr<int64_t>(), top_k.stride(0), top_p.data_ptr<float>(), top_p.stride(0),
-      seed.data_ptr<int64_t>(), seed.stride(0), offset.data_ptr<int64_t>(), offset.stride(0), layout[0], layout[1],
+      seed.data_ptr<int64_t>(), seed.stride(0), offset.data_ptr<int64_t>(), offset.stride(0),
+      stream.data_ptr<int64_t>(), stream.stride(0), layout[0], layout[1],
       layout[2], layout[3], layout[4], layout[5], layout[6], tokens.data_ptr<int64_t>(),
       next_pos.data_ptr<int32_t>(), flags.data_ptr<int32_t>(), c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, kOp, ": launch failed: ", cudaGetErrorString(err));

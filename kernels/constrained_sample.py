@@ -234,9 +234,9 @@ def _scan_sample(logits_ptr, base, length, has_boi, boi_x, on, m, scale, thr, ta
 
 @triton.jit
 def _constrained_sample_kernel(
-    logits_ptr, pos_ptr, temp_ptr, topk_ptr, topp_ptr, seed_ptr, offset_ptr,
+    logits_ptr, pos_ptr, temp_ptr, topk_ptr, topp_ptr, seed_ptr, offset_ptr, stream_ptr,
     tokens_ptr, next_pos_ptr, flags_ptr, cand_x_ptr, cand_id_ptr,
-    B, stride_row, s_temp, s_topk, s_topp, s_seed, s_off,
+    B, stride_row, s_temp, s_topk, s_topp, s_seed, s_off, s_stream,
     text_vocab, first_code, num_codes, boi_id, eoi_id, eos_id, codes_per_image,
     ROWS: tl.constexpr, BLOCK_V: tl.constexpr, NP: tl.constexpr, MAX_REFINE: tl.constexpr,
     CAP: tl.constexpr, CHUNK: tl.constexpr,
@@ -259,7 +259,8 @@ def _constrained_sample_kernel(
     top_p = tl.load(topp_ptr + rows * s_topp, mask=row_ok, other=1.0)
     seed = tl.load(seed_ptr + rows * s_seed, mask=row_ok, other=0)
     offset = tl.load(offset_ptr + rows * s_off, mask=row_ok, other=0)
-    u = _row_uniform(seed, offset, rows)
+    stream = tl.load(stream_ptr + rows * s_stream, mask=row_ok, other=0)
+    u = _row_uniform(seed, offset, stream)
     # NaN temperatures are greedy too; 1/t saturates at FLT_MAX so that (m - m)·scale stays 0.
     greedy = ~(temp > 0.0)
     scale = tl.minimum((1.0 / tl.where(greedy, 1.0, temp)) * LOG2E, FLT_MAX)
@@ -496,6 +497,7 @@ def constrained_sample_forward(
     top_p: torch.Tensor,
     seed: torch.Tensor,
     offset: torch.Tensor,
+    stream: torch.Tensor,
     layout: tuple[int, int, int, int, int, int, int],
     *,
     cap: int | None = None,
@@ -506,7 +508,7 @@ def constrained_sample_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the sampler on ``logits [B, V]`` (unit stride in V) and per-row ``[B]`` tensors
     (any stride, e.g. expanded scalars): ``temperature``/``top_p`` float32, ``top_k``/``seed``/
-    ``offset`` int64, ``image_pos`` int32/int64.
+    ``offset``/``stream`` int64, ``image_pos`` int32/int64.
 
     ``layout`` is ``(text_vocab_size, first_code_id, num_codes, boi_id, eoi_id, eos_id,
     codes_per_image)``. ``cap`` (candidates per row), ``num_pivots`` and ``max_refine`` tune the
@@ -535,10 +537,10 @@ def constrained_sample_forward(
     cand_id = torch.empty((b, cfg["CAP"]), dtype=torch.int32, device=dev)
     text_vocab, first_code, num_codes, boi, eoi, eos, n_codes = layout
     _constrained_sample_kernel[(triton.cdiv(b, cfg["ROWS"]),)](
-        logits, image_pos, temperature, top_k, top_p, seed, offset,
+        logits, image_pos, temperature, top_k, top_p, seed, offset, stream,
         tokens, next_pos, flags, cand_x, cand_id,
         b, logits.stride(0), temperature.stride(0), top_k.stride(0), top_p.stride(0), seed.stride(0),
-        offset.stride(0),
+        offset.stride(0), stream.stride(0),
         text_vocab, first_code, num_codes, boi, eoi, eos, n_codes,
         ROWS=cfg["ROWS"], BLOCK_V=cfg["BLOCK_V"], NP=num_pivots, MAX_REFINE=max_refine,
         CAP=cfg["CAP"], CHUNK=cfg["CHUNK"], num_warps=cfg["num_warps"],

@@ -25,8 +25,10 @@ only through the mass comparison of top-p. No implementation sorts the vocabular
 torch reference; the kernels find the same thresholds by counting (see
 ``seedfast.kernels.constrained_sample``).
 
-Randomness: one uniform ``u`` per row from a counter-based hash of ``(seed[b], offset[b], b)``
-(:func:`row_uniform`), inverse-CDF sampling over the kept tokens in id order: the first token
+Randomness: one uniform ``u`` per row from a counter-based hash of ``(seed[b], offset[b],
+stream[b])`` (:func:`row_uniform`), where ``stream`` is the row index ``b`` unless the caller
+gives each row its own stream id (a request id, or 0 for every request: then a request's tokens
+depend on its seed alone, not on its row in the batch); inverse-CDF sampling over the kept tokens in id order: the first token
 whose cumulative weight exceeds ``u`` times the total (the last token with weight if rounding
 leaves nothing above). Seeds and offsets are tensors, so a captured CUDA graph replays with new
 randomness when the offset tensor is advanced in place; the same seed and offset draw the same
@@ -117,6 +119,7 @@ def constrained_sample_reference(
     seed: torch.Tensor,
     offset: torch.Tensor,
     vocab: VisualVocab,
+    stream: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Plain-torch sampler (mask → sort by logit → cumsum → inverse CDF): the oracle and the CPU path.
 
@@ -128,6 +131,8 @@ def constrained_sample_reference(
     top_k, seed, offset : Tensor ``[B]``, int64
         :func:`constrained_sample` broadcasts scalars to these.
     vocab : VisualVocab
+    stream : Tensor ``[B]``, int64, optional
+        Each row's random stream id; default the row index.
 
     Returns
     -------
@@ -179,7 +184,8 @@ def constrained_sample_reference(
 
     final = torch.where(keep, w, 0.0)
     cdf = final.cumsum(1)
-    u = row_uniform(seed, offset, torch.arange(b, device=dev)).to(acc)
+    stream = torch.arange(b, device=dev) if stream is None else stream
+    u = row_uniform(seed, offset, stream).to(acc)
     drawn = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
     # Rounding can put the target at the very top of the CDF: take the last token with weight then.
     last_weighted = v - 1 - (final > 0).flip(1).to(torch.int8).argmax(1)
@@ -205,25 +211,26 @@ def _layout(vocab: VisualVocab) -> list[int]:
 @torch.library.custom_op("seedfast::constrained_sample", mutates_args=())
 def _constrained_sample_op(
     logits: torch.Tensor, image_pos: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-    top_p: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, layout: list[int],
+    top_p: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, stream: torch.Tensor, layout: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from seedfast.kernels import constrained_sample as kcs
 
-    return kcs.constrained_sample_forward(logits, image_pos, temperature, top_k, top_p, seed, offset, tuple(layout))
+    return kcs.constrained_sample_forward(logits, image_pos, temperature, top_k, top_p, seed, offset, stream,
+                                          tuple(layout))
 
 
 @torch.library.custom_op("seedfast::constrained_sample_cuda", mutates_args=())
 def _constrained_sample_cuda_op(
     logits: torch.Tensor, image_pos: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-    top_p: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, layout: list[int],
+    top_p: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, stream: torch.Tensor, layout: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     ext = cuda_extension()
     tokens, next_pos, flags = ext.constrained_sample(logits, image_pos, temperature, top_k, top_p, seed, offset,
-                                                     list(layout))
+                                                     stream, list(layout))
     return tokens, next_pos, flags
 
 
-def _fake(logits, image_pos, temperature, top_k, top_p, seed, offset, layout):
+def _fake(logits, image_pos, temperature, top_k, top_p, seed, offset, stream, layout):
     b = logits.shape[0]
     return (logits.new_empty((b,), dtype=torch.int64), logits.new_empty((b,), dtype=torch.int32),
             logits.new_empty((b,), dtype=torch.int32))
@@ -276,6 +283,7 @@ def constrained_sample(
     top_p: float | torch.Tensor = 1.0,
     seed: int | torch.Tensor = 0,
     offset: int | torch.Tensor = 0,
+    stream: int | torch.Tensor | None = None,
     check: bool = False,
     return_flags: bool = False,
     backend: str = "auto",
@@ -297,6 +305,9 @@ def constrained_sample(
         ``>= 1`` switches top-p off.
     seed, offset : int or int64 Tensor ``[B]`` (or scalar tensor)
         The random stream; advance ``offset`` each step (in place, to replay a CUDA graph).
+    stream : int or int64 Tensor ``[B]`` (or scalar tensor), optional
+        Each row's stream id in the hash; default the row index. Pass a per-request id (or 0)
+        so that a request's tokens do not depend on the row it occupies in the batch.
     check : bool
         Raise on error rows: one host synchronisation per call, so not while capturing a CUDA
         graph or compiling. Default False: no synchronisation; take the flags
@@ -315,7 +326,7 @@ def constrained_sample(
     Raises
     ------
     TypeError
-        Non-floating logits, non-integer ``image_pos``/``seed``/``offset``, or ``vocab`` not a VisualVocab.
+        Non-floating logits, non-integer ``image_pos``/``seed``/``offset``/``stream``, or ``vocab`` not a VisualVocab.
     ValueError
         Shapes, devices, out-of-range scalar arguments, a layout that does not fit ``V``, or
         (with ``check``) rows whose logits are NaN/+inf or allow nothing.
@@ -339,7 +350,9 @@ def constrained_sample(
         _check_scalar(op, "top_k", top_k, is_int(top_k), "an int")
     if not isinstance(top_p, torch.Tensor):
         _check_scalar(op, "top_p", top_p, isinstance(top_p, (int, float)) and 0 < top_p <= 1, "in (0, 1]")
-    for name, value in (("seed", seed), ("offset", offset)):
+    for name, value in (("seed", seed), ("offset", offset), ("stream", stream)):
+        if value is None and name == "stream":
+            continue
         if not isinstance(value, torch.Tensor):
             _check_scalar(op, name, value, is_int(value), "an int")
         elif value.dtype not in (torch.int64, torch.int32):
@@ -349,6 +362,8 @@ def constrained_sample(
     top_p_t = _per_row(op, "top_p", top_p, b, device, torch.float32)
     seed_t = _per_row(op, "seed", seed, b, device, torch.int64)
     offset_t = _per_row(op, "offset", offset, b, device, torch.int64)
+    stream_t = (torch.arange(b, device=device) if stream is None
+                else _per_row(op, "stream", stream, b, device, torch.int64))
     kernel_fits = logits.dtype in FLOATING
     if backend == "auto" and not kernel_fits:
         backend = "torch"
@@ -356,11 +371,11 @@ def constrained_sample(
     if chosen != "torch" and not kernel_fits:
         raise ValueError(f"{op}: backend={chosen!r} supports logits of dtype float32/float16/bfloat16, got "
                          f"{str(logits.dtype).removeprefix('torch.')} (use backend='torch')")
-    per_row = (image_pos, temperature_t, top_k_t, top_p_t, seed_t, offset_t)
+    per_row = (image_pos, temperature_t, top_k_t, top_p_t, seed_t, offset_t, stream_t)
     if chosen == "torch":
         tokens, next_pos, flags = constrained_sample_reference(
             logits, image_pos, temperature=temperature_t, top_k=top_k_t, top_p=top_p_t,
-            seed=seed_t, offset=offset_t, vocab=vocab,
+            seed=seed_t, offset=offset_t, vocab=vocab, stream=stream_t,
         )
     else:
         # The kernels need unit stride in V (any row stride, even 0) and a unit-stride image_pos.

@@ -410,7 +410,7 @@ def test_refinement_and_fallback_paths_keep_the_same_tokens(cap, pivots, refine,
     ref = run(case, MID, "torch")
     out = kcs.constrained_sample_forward(
         case["logits"], case["image_pos"], case["temperature"], case["top_k"], case["top_p"], case["seed"],
-        case["offset"], tuple(_layout(MID)), cap=cap, num_pivots=pivots, max_refine=refine)
+        case["offset"], torch.arange(len(case["seed"]), device=device), tuple(_layout(MID)), cap=cap, num_pivots=pivots, max_refine=refine)
     same = out[0] == ref[0]
     assert same.float().mean() >= 0.998
     assert same[~(case["temperature"] > 0)].all()
@@ -427,7 +427,7 @@ def test_gpu_tiling_one_row_per_program(device):
     for cap, refine in ((8, 1), (2, 0)):
         out = kcs.constrained_sample_forward(
             case["logits"], case["image_pos"], case["temperature"], case["top_k"], case["top_p"], case["seed"],
-            case["offset"], tuple(_layout(vocab)), cap=cap, max_refine=refine, rows=1, block_v=16)
+            case["offset"], torch.arange(len(case["seed"]), device=device), tuple(_layout(vocab)), cap=cap, max_refine=refine, rows=1, block_v=16)
         assert_grammar(*out, case["logits"], case["image_pos"], vocab)
         assert torch.equal(out[0], ref[0])
 
@@ -677,7 +677,7 @@ def test_cuda_extension_reports_why_it_cannot_build(monkeypatch):
 def test_custom_op_passes_opcheck(device):
     case = random_case(64, SMALL, 17, seed=4, device=device)
     args = (case["logits"], case["image_pos"], case["temperature"], case["top_k"], case["top_p"], case["seed"],
-            case["offset"], _layout(SMALL))
+            case["offset"], torch.arange(64, device=device), _layout(SMALL))
     torch.library.opcheck(torch.ops.seedfast.constrained_sample.default, args)
 
 
@@ -706,13 +706,35 @@ def test_cuda_backend_matches_triton():
     assert (a[0] == b[0]).float().mean() >= 0.999 and torch.equal(a[2], b[2])
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_stream_ids_make_a_row_independent_of_its_place_in_the_batch(backend, device):
+    """With per-request stream ids, a request sampled at any row draws what it draws alone."""
+    case = random_case(9, MID, 47, seed=31, device=device)
+    case["temperature"] = torch.ones_like(case["temperature"])
+    case["top_k"] = torch.zeros_like(case["top_k"])
+    stream = torch.arange(100, 109, device=device)
+    batch = run(case, MID, backend, stream=stream)
+    for row in range(9):
+        one = {k: v[row:row + 1] for k, v in case.items()}
+        alone = run(one, MID, backend, stream=stream[row:row + 1])
+        assert torch.equal(alone[0], batch[0][row:row + 1]), row
+        moved = {k: torch.cat([v[row:row + 1], v[:row]]) for k, v in case.items()}  # now at row 0
+        assert run(moved, MID, backend, stream=torch.cat([stream[row:row + 1], stream[:row]]))[0][0] == batch[0][row]
+    # The default stream is the row index: the same as passing it explicitly, and a row moved
+    # within the batch then draws a different uniform.
+    assert torch.equal(run(case, MID, backend)[0], run(case, MID, backend, stream=torch.arange(9, device=device))[0])
+    with pytest.raises(TypeError, match="stream must be an int64 tensor"):
+        run(case, MID, backend, stream=torch.zeros(9, device=device))
+
+
 @pytest.mark.skipif(os.environ.get("SEEDFAST_SKIP_AOT") == "1", reason="AOT compile disabled")
 def test_kernels_compile_for_sm80_and_sm90():
     signature = {
         "logits_ptr": "*fp32", "pos_ptr": "*i32", "temp_ptr": "*fp32", "topk_ptr": "*i64", "topp_ptr": "*fp32",
-        "seed_ptr": "*i64", "offset_ptr": "*i64", "tokens_ptr": "*i64", "next_pos_ptr": "*i32",
+        "seed_ptr": "*i64", "offset_ptr": "*i64", "stream_ptr": "*i64", "tokens_ptr": "*i64", "next_pos_ptr": "*i32",
         "flags_ptr": "*i32", "cand_x_ptr": "*fp32", "cand_id_ptr": "*i32", "B": "i32", "stride_row": "i32",
-        "s_temp": "i32", "s_topk": "i32", "s_topp": "i32", "s_seed": "i32", "s_off": "i32", "text_vocab": "i32",
+        "s_temp": "i32", "s_topk": "i32", "s_topp": "i32", "s_seed": "i32", "s_off": "i32", "s_stream": "i32",
+        "text_vocab": "i32",
         "first_code": "i32", "num_codes": "i32", "boi_id": "i32", "eoi_id": "i32", "eos_id": "i32",
         "codes_per_image": "i32",
     }
