@@ -154,6 +154,16 @@ def _replace_file(path: Path, content: FileContent, metadata: Mapping[str, str] 
     return path
 
 
+def save_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename, parent fsync), so
+    a failed or interrupted write (disk full, a kill) leaves no partial file; return ``path``.
+
+    For outputs a user reads (PNGs, JSON results): the old file, if any, stays until the new one
+    is complete. The folder must exist; errors are the ``OSError`` of the failing call.
+    """
+    return _replace_file(Path(path), bytes(data), None, "")
+
+
 def save_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], *,
                      metadata: Mapping[str, str] | None = None) -> Path:
     """Write one safetensors file atomically (temporary sibling, fsync, rename, parent fsync).

@@ -201,3 +201,21 @@ def test_a_byte_flipped_tokenizer_fails_to_load(tmp_path):
     _flip_byte(path / "model.safetensors", -100)
     with pytest.raises(CheckpointError, match=r"tok/model\.safetensors: SHA-256 does not match"):
         SeedTokenizer.load(path)
+
+
+def test_save_bytes_replaces_atomically(tmp_path, monkeypatch):
+    from seedfast import checkpoint_io
+
+    target = tmp_path / "out.png"
+    checkpoint_io.save_bytes(target, b"old")
+    real_write = checkpoint_io._write
+
+    def full_disk(path, *args, **kwargs):
+        real_write(path, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io, "_write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint_io.save_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
