@@ -7,7 +7,8 @@
 //
 // A row is read as its "virtual row": the contiguous id range its grammar state allows (text ids,
 // or the codes) followed, for text rows, by the <img> logit, which lies above every text id, so
-// the virtual order is the id order. Passes (each a block-strided sweep, reduced with CUB):
+// the virtual order is the id order. Passes (each a block-strided sweep; the stats and pivot
+// sweeps read 16-byte vectors and reduce their structs with register shuffles, the rest use CUB):
 //   1. stats: max and first argmax (greedy), min finite logit, finite count, NaN/+inf flag;
 //   2. bracket: counts of tokens at or above kPivots logit pivots m - t*2^(i-3) (and the
 //      normaliser Z for rows without top-k); the highest pivot that satisfies the filters' need
@@ -35,6 +36,7 @@
 namespace seedfast_sample {
 
 constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
 constexpr int kCap = kThreads;  // one candidate per thread in the exact stage
 constexpr int kPivots = 8;
 constexpr int kMaxRefine = 3;
@@ -110,6 +112,63 @@ struct VirtualRow {
   __device__ __forceinline__ int id(int j) const { return j < length ? lo_id + j : boi_id; }
 };
 
+// The logits of one 16-byte vector as floats.
+__device__ __forceinline__ void unpack(const uint4& v, float (&out)[4]) {
+  out[0] = __uint_as_float(v.x);
+  out[1] = __uint_as_float(v.y);
+  out[2] = __uint_as_float(v.z);
+  out[3] = __uint_as_float(v.w);
+}
+
+__device__ __forceinline__ float half_bits_to_float(unsigned short bits, __half) {
+  return __half2float(__ushort_as_half(bits));
+}
+__device__ __forceinline__ float half_bits_to_float(unsigned short bits, __nv_bfloat16) {
+  return __bfloat162float(__ushort_as_bfloat16(bits));
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack(const uint4& v, float (&out)[8]) {
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = half_bits_to_float(static_cast<unsigned short>(words[i] & 0xFFFFu), T());
+    out[2 * i + 1] = half_bits_to_float(static_cast<unsigned short>(words[i] >> 16), T());
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack_vector(const uint4& v, float (&out)[16 / sizeof(T)]) {
+  if constexpr (sizeof(T) == 4) {
+    unpack(v, out);
+  } else {
+    unpack<T>(v, out);
+  }
+}
+
+// Calls f(j, x) for the virtual positions j of the row that this thread owns, in increasing
+// order: the contiguous ids are read in 16-byte vectors from the 16-byte boundary at or below the
+// row's first id (the elements beside the row in its first and last blocks are skipped; they
+// lie in the same 16-byte blocks as row elements, so reading them never faults); thread 0 also
+// takes <img>, the last virtual position, after its ids.
+template <typename T, typename F>
+__device__ __forceinline__ void for_each_owned(const VirtualRow<T>& row, F&& f) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  const int shift = static_cast<int>((reinterpret_cast<uintptr_t>(row.base) & 15u) / sizeof(T));
+  const uint4* blocks = reinterpret_cast<const uint4*>(row.base - shift);
+  const int span = shift + row.length;
+  for (int c = threadIdx.x; c * kVec < span; c += kThreads) {
+    float x[kVec];
+    unpack_vector<T>(__ldg(blocks + c), x);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      const int j = c * kVec + e - shift;
+      if (j >= 0 && j < row.length) f(j, x[e]);
+    }
+  }
+  if (threadIdx.x == 0 && row.n > row.length) f(row.length, row.boi_x);
+}
+
 struct Stats {
   float max;
   int arg;
@@ -167,8 +226,6 @@ struct MaxOp {
 
 using ReduceFloat = cub::BlockReduce<float, kThreads>;
 using ReduceInt = cub::BlockReduce<int, kThreads>;
-using ReduceStats = cub::BlockReduce<Stats, kThreads>;
-using ReducePivots = cub::BlockReduce<PivotSums, kThreads>;
 using ScanFloat = cub::BlockScan<float, kThreads>;
 using ScanInt = cub::BlockScan<int, kThreads>;
 
@@ -176,17 +233,17 @@ struct Shared {
   union {
     ReduceFloat::TempStorage f;
     ReduceInt::TempStorage i;
-    ReduceStats::TempStorage stats;
-    ReducePivots::TempStorage pivots;
     ScanFloat::TempStorage scan_f;
     ScanInt::TempStorage scan_i;
   } tmp;
   union {
     float f;
     int i;
-    Stats stats;
-    PivotSums pivots;
   } out;
+  union {
+    Stats stats[kWarps];
+    PivotSums pivots[kWarps];
+  } warp_out;
   float cand_x[kCap];
   float cand_w[kCap];
   int cand_id[kCap];
@@ -200,6 +257,45 @@ __device__ __forceinline__ V all_reduce(V value, typename Reduce::TempStorage& t
   if (threadIdx.x == 0) out = r;
   __syncthreads();
   const V all = out;
+  __syncthreads();
+  return all;
+}
+
+// Warp shuffles of the reduction structs, field by field: they stay in registers (CUB's
+// shuffle of a struct goes through local memory).
+__device__ __forceinline__ Stats shuffle_down(const Stats& s, int d) {
+  Stats r;
+  r.max = __shfl_down_sync(0xFFFFFFFFu, s.max, d);
+  r.arg = __shfl_down_sync(0xFFFFFFFFu, s.arg, d);
+  r.min = __shfl_down_sync(0xFFFFFFFFu, s.min, d);
+  r.finite = __shfl_down_sync(0xFFFFFFFFu, s.finite, d);
+  r.bad = __shfl_down_sync(0xFFFFFFFFu, s.bad, d);
+  return r;
+}
+
+__device__ __forceinline__ PivotSums shuffle_down(const PivotSums& s, int d) {
+  PivotSums r;
+#pragma unroll
+  for (int i = 0; i < kPivots; ++i) {
+    r.count[i] = __shfl_down_sync(0xFFFFFFFFu, s.count[i], d);
+    r.mass[i] = __shfl_down_sync(0xFFFFFFFFu, s.mass[i], d);
+  }
+  r.z = __shfl_down_sync(0xFFFFFFFFu, s.z, d);
+  return r;
+}
+
+// Block-wide reduction of a struct whose result every thread receives: a shuffle tree per warp,
+// then every thread combines the warps' results in the same order. The trailing barrier lets
+// the next reduction reuse warp_out.
+template <typename V, typename Op>
+__device__ __forceinline__ V block_all_reduce(V value, V (&warp_out)[kWarps], Op op) {
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) value = op(value, shuffle_down(value, d));
+  if ((threadIdx.x & 31) == 0) warp_out[threadIdx.x >> 5] = value;
+  __syncthreads();
+  V all = warp_out[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) all = op(all, warp_out[w]);
   __syncthreads();
   return all;
 }
@@ -234,9 +330,8 @@ __device__ PivotSums pivot_pass(const VirtualRow<T>& row, const float (&px)[kPiv
     acc.mass[i] = 0.0f;
   }
   acc.z = 0.0f;
-  for (int j = threadIdx.x; j < row.n; j += kThreads) {
-    const float x = row.at(j);
-    if (!is_live(x)) continue;
+  for_each_owned(row, [&](int, float x) {
+    if (!is_live(x)) return;
     float w = 0.0f;
     if (kMass || kZ) w = x >= floor_x ? weight(x, m, scale) : 0.0f;
     if (kZ) acc.z += w;
@@ -246,8 +341,8 @@ __device__ PivotSums pivot_pass(const VirtualRow<T>& row, const float (&px)[kPiv
       if (kCount) acc.count[i] += ge ? 1 : 0;
       if (kMass) acc.mass[i] += ge ? w : 0.0f;
     }
-  }
-  return all_reduce<PivotSums, ReducePivots>(acc, sh.tmp.pivots, sh.out.pivots, PivotSumsOp());
+  });
+  return block_all_reduce(acc, sh.warp_out.pivots, PivotSumsOp());
 }
 
 // Lower bound of the mass of tokens x >= px[i] (pivots descending): tokens between two pivots
@@ -274,21 +369,33 @@ __device__ __forceinline__ void narrow(Bracket& br, const float (&px)[kPivots], 
                                        int64_t top_k, bool p_on, float top_p, float z_all, float m, float scale) {
   float lb[kPivots];
   mass_lower_bound(px, s.count, m, scale, br.cnt_hi, br.lbm_hi, lb);
-  int sel = kPivots;
+  // The pivots descend with i: the first one where the need holds becomes lo and the one before
+  // it hi (hi moves to the last pivot when none holds). Running values, never an index computed
+  // at run time, so that the arrays stay in registers.
+  bool found = false;
+  float prev_px = 0.0f, prev_lb = 0.0f;
+  int prev_cnt = 0;
 #pragma unroll
-  for (int i = kPivots - 1; i >= 0; --i) {
+  for (int i = 0; i < kPivots; ++i) {
     const bool cond = k_on ? s.count[i] >= top_k : (p_on && lb[i] * (1.0f - 1.0f / 1024.0f) >= top_p * z_all);
-    if (cond) sel = i;
+    if (cond && !found) {
+      found = true;
+      br.lo = px[i];
+      br.cnt_lo = s.count[i];
+      if (i > 0) {
+        br.hi = prev_px;
+        br.cnt_hi = prev_cnt;
+        br.lbm_hi = prev_lb;
+      }
+    }
+    prev_px = px[i];
+    prev_cnt = s.count[i];
+    prev_lb = lb[i];
   }
-  if (sel > 0) {
-    const int a = sel - 1;
-    br.hi = px[a];
-    br.cnt_hi = s.count[a];
-    br.lbm_hi = lb[a];
-  }
-  if (sel < kPivots) {
-    br.lo = px[sel];
-    br.cnt_lo = s.count[sel];
+  if (!found) {
+    br.hi = prev_px;
+    br.cnt_hi = prev_cnt;
+    br.lbm_hi = prev_lb;
   }
 }
 
@@ -317,8 +424,11 @@ __device__ int scan_sample(const VirtualRow<T>& row, float m, float scale, float
   return max(last, 0);
 }
 
+// Two blocks per SM: ptxas may then use up to 128 registers per thread, which holds the pivot
+// sums without local memory (left to its own heuristic it capped the fp32 variant at 80
+// registers and spilled).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) constrained_sample_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, 2) constrained_sample_kernel(const Params p) {
   __shared__ Shared sh;
   const int64_t b = blockIdx.x;
   const int tid = threadIdx.x;
@@ -354,11 +464,11 @@ __global__ void __launch_bounds__(kThreads) constrained_sample_kernel(const Para
 
   // ---- pass 1
   Stats st{-kInf, INT_MAX, kInf, 0, 0};
-  for (int j = tid; j < row.n; j += kThreads) {
-    const float x = row.at(j);
+  for_each_owned(row, [&](int j, float x) {
     if (x != x || x == kInf) st.bad = 1;
     if (is_live(x)) {
-      // Strictly greater: each thread keeps its earliest maximum; the reduction takes the lowest id.
+      // Strictly greater: each thread sees its positions in increasing order and keeps its
+      // earliest maximum; the reduction takes the lowest id.
       if (x > st.max) {
         st.max = x;
         st.arg = j;
@@ -366,8 +476,8 @@ __global__ void __launch_bounds__(kThreads) constrained_sample_kernel(const Para
       st.min = fminf(st.min, x);
       st.finite += 1;
     }
-  }
-  st = all_reduce<Stats, ReduceStats>(st, sh.tmp.stats, sh.out.stats, StatsOp());
+  });
+  st = block_all_reduce(st, sh.warp_out.stats, StatsOp());
   const float m = st.max;
 
   if (st.bad || st.finite == 0) {
@@ -489,11 +599,19 @@ __global__ void __launch_bounds__(kThreads) constrained_sample_kernel(const Para
               px[i] = key_float(keys[i]);
             }
             const PivotSums s = pivot_pass<true, false, false>(row, px, m, scale, -kInf, sh);
-            int n_ok = 0;
+            // The keys ascend and the count condition holds on a prefix of them: klo moves to its
+            // last key, khi to the first key past it.
+            bool past = false;
+            int64_t next_klo = klo, next_khi = khi;
 #pragma unroll
-            for (int i = 0; i < kPivots; ++i) n_ok += s.count[i] >= top_k ? 1 : 0;
-            if (n_ok > 0) klo = keys[n_ok - 1];
-            if (n_ok < kPivots) khi = keys[n_ok];
+            for (int i = 0; i < kPivots; ++i) {
+              const bool ok = s.count[i] >= top_k;
+              if (ok && !past) next_klo = keys[i];
+              if (!ok && !past) next_khi = keys[i];
+              past = past || !ok;
+            }
+            klo = next_klo;
+            khi = next_khi;
           }
           t_k = key_float(klo);
         }
@@ -514,11 +632,18 @@ __global__ void __launch_bounds__(kThreads) constrained_sample_kernel(const Para
               px[i] = key_float(keys[i] + 1);
             }
             const PivotSums s = pivot_pass<false, true, false>(row, px, m, scale, t_k, sh);
-            int n_big = 0;
+            // The masses shrink as the keys ascend: the condition mass >= bound holds on a prefix.
+            bool past = false;
+            int64_t next_klo = klo, next_khi = khi;
 #pragma unroll
-            for (int i = 0; i < kPivots; ++i) n_big += s.mass[i] < bound ? 0 : 1;
-            if (n_big > 0) klo = keys[n_big - 1];
-            if (n_big < kPivots) khi = keys[n_big];
+            for (int i = 0; i < kPivots; ++i) {
+              const bool big = !(s.mass[i] < bound);
+              if (big && !past) next_klo = keys[i];
+              if (!big && !past) next_khi = keys[i];
+              past = past || !big;
+            }
+            klo = next_klo;
+            khi = next_khi;
           }
           thr = fmaxf(key_float(khi), t_k);
         }

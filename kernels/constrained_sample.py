@@ -1,5 +1,9 @@
 """Grammar-constrained temperature / top-k / top-p sampling, one program per block of rows.
 
+Every pass streams the row in ``BLOCK_V``-wide tiles that start on the 16-byte boundary at or
+below the row's first id, masked per 16-byte chunk, so the logits arrive in 128-bit vector loads
+whatever the row stride (see :func:`_tile` and :func:`vector_width`).
+
 Each row is read as a *virtual row*: the contiguous id range its grammar state allows (text ids
 ``[0, text_vocab_size)``, or the codes) followed, for text rows, by the single ``<img>`` logit.
 ``<img>`` lies above every text id, so the virtual order is the id order and no mask tensor is
@@ -122,29 +126,40 @@ def _unkey(key):
 
 
 @triton.jit
-def _tile(logits_ptr, base, length, has_boi, boi_x, on, j):
-    """fp32 logits of virtual positions ``j`` for each row, and which of them exist."""
-    jj = j[None, :]
-    inside = on[:, None] & (jj < length[:, None])
-    x = tl.load(logits_ptr + base[:, None] + jj, mask=inside, other=0.0).to(tl.float32)
-    extra = on[:, None] & has_boi[:, None] & (jj == length[:, None])
+def _tile(logits_ptr, abase, shift, length, has_boi, boi_x, on, t, VEC: tl.constexpr):
+    """fp32 logits of the ``VEC``-aligned positions ``t`` of each row, which of them exist, and
+    their virtual positions ``j = t - shift`` (``[ROWS, BLOCK_V]`` each).
+
+    Row ``r`` starts ``shift[r] < VEC`` elements after the aligned index ``abase[r]``. Loads are
+    masked per ``VEC``-wide chunk (a chunk is read whole when it holds a position of the row), so
+    they compile to 16-byte vector loads; the few neighbours read with a chunk lie in the same
+    16-byte block as a row element, and ``valid`` drops them.
+    """
+    tt = t[None, :]
+    j = tt - shift[:, None]
+    chunk = (tt // VEC) * VEC
+    load_ok = on[:, None] & (chunk < (shift + length)[:, None])
+    x = tl.load(logits_ptr + abase[:, None] + tt, mask=load_ok, other=0.0).to(tl.float32)
+    inside = load_ok & (j >= 0) & (j < length[:, None])
+    extra = on[:, None] & has_boi[:, None] & (j == length[:, None])
     x = tl.where(extra, boi_x[:, None], x)
-    return x, inside | extra
+    return x, inside | extra, j
 
 
 @triton.jit
-def _pivot_pass(logits_ptr, base, length, has_boi, boi_x, on, m, scale, px, floor_x,
+def _pivot_pass(logits_ptr, abase, shift, length, has_boi, boi_x, on, m, scale, px, floor_x,
                 COUNT: tl.constexpr, MASS: tl.constexpr, ZSUM: tl.constexpr,
-                ROWS: tl.constexpr, NP: tl.constexpr, BLOCK_V: tl.constexpr):
+                ROWS: tl.constexpr, NP: tl.constexpr, BLOCK_V: tl.constexpr, VEC: tl.constexpr):
     """One pass over the rows ``on``: for each pivot ``px[:, i]`` the count of finite tokens
     ``x ≥ px`` (``COUNT``) and their weight ``exp((x - m)/t)`` restricted to ``x ≥ floor_x``
     (``MASS``); and ``Z``, the weight of all finite tokens ``x ≥ floor_x`` (``ZSUM``)."""
-    stop = tl.max(tl.where(on, length + has_boi.to(tl.int32), 0))
+    stop = tl.max(tl.where(on, shift + length + has_boi.to(tl.int32), 0))
     cnt_acc = tl.zeros([ROWS, NP, BLOCK_V], tl.int32)
     mass_acc = tl.zeros([ROWS, NP, BLOCK_V], tl.float32)
     z_acc = tl.zeros([ROWS, BLOCK_V], tl.float32)
     for j0 in range(0, stop, BLOCK_V):
-        x, valid = _tile(logits_ptr, base, length, has_boi, boi_x, on, j0 + tl.arange(0, BLOCK_V))
+        x, valid, unused_j = _tile(logits_ptr, abase, shift, length, has_boi, boi_x, on, j0 + tl.arange(0, BLOCK_V),
+                                   VEC)
         live = valid & (x > NEG_INF) & (x < POS_INF)
         # NaN compares false with every pivot, so dead lanes drop out of all counts.
         x = tl.where(live, x, float("nan"))
@@ -200,31 +215,31 @@ def _mass_lower_bound(px, cnt, m, scale, cnt_hi, lbm_hi, NP: tl.constexpr):
 
 
 @triton.jit
-def _scan_sample(logits_ptr, base, length, has_boi, boi_x, on, m, scale, thr, target,
-                 ROWS: tl.constexpr, BLOCK_V: tl.constexpr):
+def _scan_sample(logits_ptr, abase, shift, length, has_boi, boi_x, on, m, scale, thr, target,
+                 ROWS: tl.constexpr, BLOCK_V: tl.constexpr, VEC: tl.constexpr):
     """Inverse CDF in id order over the finite tokens ``x ≥ thr``: the first virtual position
     whose running weight exceeds ``target`` (or the last with weight, if rounding leaves
     ``target`` at the top). Stops once every row has found its token."""
-    stop = tl.max(tl.where(on, length + has_boi.to(tl.int32), 0))
+    stop = tl.max(tl.where(on, shift + length + has_boi.to(tl.int32), 0))
     carry = tl.zeros([ROWS], tl.float32)
     found = ~on
     pick = tl.zeros([ROWS], tl.int32)
     last = tl.full([ROWS], -1, tl.int32)
-    j0 = 0
-    while (j0 < stop) & (tl.min(found.to(tl.int32)) == 0):
-        j = j0 + tl.arange(0, BLOCK_V)
-        x, valid = _tile(logits_ptr, base, length, has_boi, boi_x, on & ~found, j)
+    t0 = 0
+    while (t0 < stop) & (tl.min(found.to(tl.int32)) == 0):
+        x, valid, j = _tile(logits_ptr, abase, shift, length, has_boi, boi_x, on & ~found, t0 + tl.arange(0, BLOCK_V),
+                            VEC)
         keep = valid & (x > NEG_INF) & (x < POS_INF) & (x >= thr[:, None])
         w = tl.where(keep, tl.exp2((x - m[:, None]) * scale[:, None]), 0.0)
         cum = tl.cumsum(w, axis=1) + carry[:, None]
         hit = (cum > target[:, None]) & (w > 0.0)
-        first = tl.min(tl.where(hit, j[None, :], BIG), axis=1)
+        first = tl.min(tl.where(hit, j, BIG), axis=1)
         now = ~found & (first < BIG)
         pick = tl.where(now, first, pick)
         found = found | now
-        last = tl.maximum(last, tl.max(tl.where(w > 0.0, j[None, :], -1), axis=1))
+        last = tl.maximum(last, tl.max(tl.where(w > 0.0, j, -1), axis=1))
         carry += tl.sum(w, axis=1)
-        j0 += BLOCK_V
+        t0 += BLOCK_V
     return tl.where(on & ~found, tl.maximum(last, 0), pick)
 
 
@@ -239,7 +254,7 @@ def _constrained_sample_kernel(
     B, stride_row, s_temp, s_topk, s_topp, s_seed, s_off, s_stream,
     text_vocab, first_code, num_codes, boi_id, eoi_id, eos_id, codes_per_image,
     ROWS: tl.constexpr, BLOCK_V: tl.constexpr, NP: tl.constexpr, MAX_REFINE: tl.constexpr,
-    CAP: tl.constexpr, CHUNK: tl.constexpr,
+    CAP: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < B
@@ -251,7 +266,9 @@ def _constrained_sample_kernel(
     length = tl.where(in_text, text_vocab, num_codes)
     has_boi = in_text
     row_base = rows * stride_row
-    base = row_base + lo_id
+    # Tiles start on the VEC-aligned element at or below each row's first virtual id.
+    abase = ((row_base + lo_id) // VEC) * VEC
+    shift = (row_base + lo_id - abase).to(tl.int32)
     boi_x = tl.load(logits_ptr + row_base + boi_id, mask=active & in_text, other=0.0).to(tl.float32)
 
     temp = tl.load(temp_ptr + rows * s_temp, mask=row_ok, other=1.0)
@@ -266,21 +283,20 @@ def _constrained_sample_kernel(
     scale = tl.minimum((1.0 / tl.where(greedy, 1.0, temp)) * LOG2E, FLT_MAX)
 
     # ---- pass 1: max / first argmax / min / finite count / NaN-or-+inf flag
-    stop = tl.max(tl.where(active, length + has_boi.to(tl.int32), 0))
+    stop = tl.max(tl.where(active, shift + length + has_boi.to(tl.int32), 0))
     m_acc = tl.full([ROWS, BLOCK_V], NEG_INF, tl.float32)
     arg_acc = tl.zeros([ROWS, BLOCK_V], tl.int32)
     min_acc = tl.full([ROWS, BLOCK_V], POS_INF, tl.float32)
     fin_acc = tl.zeros([ROWS, BLOCK_V], tl.int32)
     bad_acc = tl.zeros([ROWS, BLOCK_V], tl.int32)
     for j0 in range(0, stop, BLOCK_V):
-        j = j0 + tl.arange(0, BLOCK_V)
-        x, valid = _tile(logits_ptr, base, length, has_boi, boi_x, active, j)
+        x, valid, j = _tile(logits_ptr, abase, shift, length, has_boi, boi_x, active, j0 + tl.arange(0, BLOCK_V), VEC)
         live = valid & (x > NEG_INF) & (x < POS_INF)
         bad_acc |= (valid & ((x != x) | (x == POS_INF))).to(tl.int32)
         xm = tl.where(live, x, NEG_INF)
         # Strictly greater: each lane keeps its earliest maximum, so ties go to the lowest id.
         better = xm > m_acc
-        arg_acc = tl.where(better, j[None, :], arg_acc)
+        arg_acc = tl.where(better, j, arg_acc)
         m_acc = tl.where(better, xm, m_acc)
         min_acc = tl.minimum(min_acc, tl.where(live, x, POS_INF))
         fin_acc += live.to(tl.int32)
@@ -309,12 +325,14 @@ def _constrained_sample_kernel(
         px = m[:, None] - temp[:, None] * tl.exp2(lanes.to(tl.float32) - 3.0)[None, :]
         if tl.max(need_z.to(tl.int32)) > 0:
             cnt, unused_mass, z_all = _pivot_pass(
-                logits_ptr, base, length, has_boi, boi_x, sampling, m, scale, px, tl.full([ROWS], NEG_INF, tl.float32),
-                COUNT=True, MASS=False, ZSUM=True, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V)
+                logits_ptr, abase, shift, length, has_boi, boi_x, sampling, m, scale, px,
+                tl.full([ROWS], NEG_INF, tl.float32),
+                COUNT=True, MASS=False, ZSUM=True, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V, VEC=VEC)
         else:
             cnt, unused_mass, unused_z = _pivot_pass(
-                logits_ptr, base, length, has_boi, boi_x, sampling, m, scale, px, tl.full([ROWS], NEG_INF, tl.float32),
-                COUNT=True, MASS=False, ZSUM=False, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V)
+                logits_ptr, abase, shift, length, has_boi, boi_x, sampling, m, scale, px,
+                tl.full([ROWS], NEG_INF, tl.float32),
+                COUNT=True, MASS=False, ZSUM=False, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V, VEC=VEC)
         lb = _mass_lower_bound(px, cnt, m, scale, cnt_hi, lbm_hi, NP)
         cond = _cut_holds(cnt, lb, k_on, p_on, top_k, top_p, z_all)
         lo, cnt_lo, hi, cnt_hi, lbm_hi = _narrow(need_cand, px, cnt, lb, cond, lo, cnt_lo, hi, cnt_hi, lbm_hi, NP)
@@ -326,8 +344,9 @@ def _constrained_sample_kernel(
         frac = (lanes + 1).to(tl.float32) / (NP + 1)
         px = hi[:, None] - (hi - lo)[:, None] * frac[None, :]
         cnt, unused_mass, unused_z = _pivot_pass(
-            logits_ptr, base, length, has_boi, boi_x, refine, m, scale, px, tl.full([ROWS], NEG_INF, tl.float32),
-            COUNT=True, MASS=False, ZSUM=False, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V)
+            logits_ptr, abase, shift, length, has_boi, boi_x, refine, m, scale, px,
+            tl.full([ROWS], NEG_INF, tl.float32),
+            COUNT=True, MASS=False, ZSUM=False, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V, VEC=VEC)
         lb = _mass_lower_bound(px, cnt, m, scale, cnt_hi, lbm_hi, NP)
         cond = _cut_holds(cnt, lb, k_on, p_on, top_k, top_p, z_all)
         lo, cnt_lo, hi, cnt_hi, lbm_hi = _narrow(refine, px, cnt, lb, cond, lo, cnt_lo, hi, cnt_hi, lbm_hi, NP)
@@ -341,14 +360,14 @@ def _constrained_sample_kernel(
     n_cand = tl.zeros([ROWS], tl.int32)
     tok_cand = tl.zeros([ROWS], tl.int64)
     if tl.max(cand.to(tl.int32)) > 0:
-        stop_c = tl.max(tl.where(cand, length + has_boi.to(tl.int32), 0))
+        stop_c = tl.max(tl.where(cand, shift + length + has_boi.to(tl.int32), 0))
         for j0 in range(0, stop_c, BLOCK_V):
-            j = j0 + tl.arange(0, BLOCK_V)
-            x, valid = _tile(logits_ptr, base, length, has_boi, boi_x, cand, j)
+            x, valid, j = _tile(logits_ptr, abase, shift, length, has_boi, boi_x, cand, j0 + tl.arange(0, BLOCK_V),
+                                VEC)
             take = valid & (x > NEG_INF) & (x < POS_INF) & (x >= lo[:, None])
             slot = n_cand[:, None] + tl.cumsum(take.to(tl.int32), axis=1) - 1
             ok = take & (slot < CAP)
-            vid = tl.where(j[None, :] < length[:, None], lo_id[:, None] + j[None, :], boi_id)
+            vid = tl.where(j < length[:, None], lo_id[:, None] + j, boi_id)
             tl.store(cand_x_ptr + rows[:, None] * CAP + slot, x, mask=ok)
             tl.store(cand_id_ptr + rows[:, None] * CAP + slot, vid, mask=ok)
             n_cand += tl.sum(take.to(tl.int32), axis=1)
@@ -413,8 +432,8 @@ def _constrained_sample_kernel(
             step = todo & (khi - klo > 1)
             keys = klo[:, None] + ((khi - klo)[:, None] * (lanes + 1)[None, :]) // (NP + 1)
             cnt, unused_mass, unused_z = _pivot_pass(
-                logits_ptr, base, length, has_boi, boi_x, step, m, scale, _unkey(keys), t_k_fb,
-                COUNT=True, MASS=False, ZSUM=False, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V)
+                logits_ptr, abase, shift, length, has_boi, boi_x, step, m, scale, _unkey(keys), t_k_fb,
+                COUNT=True, MASS=False, ZSUM=False, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V, VEC=VEC)
             # The pivots ascend; the count condition holds on a prefix of them.
             n_ok = tl.sum((cnt >= top_k[:, None]).to(tl.int32), axis=1)
             before = lanes[None, :] < n_ok[:, None]
@@ -425,9 +444,9 @@ def _constrained_sample_kernel(
         if tl.max(todo.to(tl.int32)) > 0:
             # Top-p normaliser: the top-k mass (all of Z without top-k).
             unused_cnt, unused_mass, z_k_fb = _pivot_pass(
-                logits_ptr, base, length, has_boi, boi_x, todo & k_on, m, scale,
+                logits_ptr, abase, shift, length, has_boi, boi_x, todo & k_on, m, scale,
                 tl.full([ROWS, NP], POS_INF, tl.float32), t_k_fb,
-                COUNT=False, MASS=False, ZSUM=True, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V)
+                COUNT=False, MASS=False, ZSUM=True, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V, VEC=VEC)
             z_k_fb = tl.where(k_on, z_k_fb, z_all)
             bound = top_p * z_k_fb
             # Smallest key K with mass(key > K) < top_p·Z: that mass is the mass of x ≥ unkey(K + 1).
@@ -437,8 +456,8 @@ def _constrained_sample_kernel(
                 step = todo & (khi - klo > 1)
                 keys = klo[:, None] + ((khi - klo)[:, None] * (lanes + 1)[None, :]) // (NP + 1)
                 unused_cnt, mass, unused_z = _pivot_pass(
-                    logits_ptr, base, length, has_boi, boi_x, step, m, scale, _unkey(keys + 1), t_k_fb,
-                    COUNT=False, MASS=True, ZSUM=False, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V)
+                    logits_ptr, abase, shift, length, has_boi, boi_x, step, m, scale, _unkey(keys + 1), t_k_fb,
+                    COUNT=False, MASS=True, ZSUM=False, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V, VEC=VEC)
                 # The mass condition holds on a suffix of the ascending pivots.
                 n_big = NP - tl.sum((mass < bound[:, None]).to(tl.int32), axis=1)
                 before = lanes[None, :] < n_big[:, None]
@@ -448,12 +467,12 @@ def _constrained_sample_kernel(
         thr = tl.where(fallback & ~p_on, t_k_fb, thr)
         if tl.max(fallback.to(tl.int32)) > 0:
             unused_cnt, unused_mass, z_fb = _pivot_pass(
-                logits_ptr, base, length, has_boi, boi_x, fallback, m, scale,
+                logits_ptr, abase, shift, length, has_boi, boi_x, fallback, m, scale,
                 tl.full([ROWS, NP], POS_INF, tl.float32), thr,
-                COUNT=False, MASS=False, ZSUM=True, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V)
+                COUNT=False, MASS=False, ZSUM=True, ROWS=ROWS, NP=NP, BLOCK_V=BLOCK_V, VEC=VEC)
             z_final = tl.where(fallback, z_fb, z_final)
-        j_pick = _scan_sample(logits_ptr, base, length, has_boi, boi_x, full, m, scale, thr, u * z_final,
-                              ROWS, BLOCK_V)
+        j_pick = _scan_sample(logits_ptr, abase, shift, length, has_boi, boi_x, full, m, scale, thr, u * z_final,
+                              ROWS, BLOCK_V, VEC)
         tok_full = tl.where(j_pick < length, lo_id + j_pick, boi_id).to(tl.int64)
 
     # ---- tokens, next grammar state, flags
@@ -473,6 +492,9 @@ def _constrained_sample_kernel(
 # ---------------------------------------------------------------------------------------------
 # Launcher
 
+# The kernel's compile-time parameters, set by the launcher.
+_KERNEL_CONSTEXPRS = ("ROWS", "BLOCK_V", "NP", "MAX_REFINE", "CAP", "CHUNK", "VEC")
+
 
 def launch_config(b: int, v: int, cap: int | None, *, interpret: bool | None = None) -> dict:
     """Tile sizes: one row per program on a GPU; under the interpreter (``interpret``, by default
@@ -483,10 +505,20 @@ def launch_config(b: int, v: int, cap: int | None, *, interpret: bool | None = N
         block_v = max(16, min(triton.next_power_of_2(v), 65536 // rows))
         cap = 32 if cap is None else cap
         return {"ROWS": rows, "BLOCK_V": block_v, "CAP": cap, "CHUNK": min(cap, 32), "num_warps": 1}
-    block_v = 1024 if v >= 4096 else max(128, triton.next_power_of_2(v))
+    # 8 elements per thread and tile: two 16-byte loads of float32 or one of 16-bit floats, and
+    # per-lane pivot accumulators that fit the registers (no spills on sm_80/sm_90, checked by
+    # tests/ops/test_constrained_sample.py).
+    block_v = 2048 if v >= 4096 else max(128, triton.next_power_of_2(v))
     # 512 candidates hold the first bracket of top-50 on typical 32k-text rows without a refine pass.
     cap = (512 if v >= 4096 else 256) if cap is None else cap
     return {"ROWS": 1, "BLOCK_V": block_v, "CAP": cap, "CHUNK": min(cap, 16), "num_warps": 8 if v >= 4096 else 4}
+
+
+def vector_width(logits: torch.Tensor) -> int:
+    """Elements per 16-byte load (4 for float32, 8 for 16-bit floats) when ``logits`` starts on a
+    16-byte boundary; 1 otherwise, so that no load reads outside the 16-byte blocks of its row."""
+    size = logits.element_size()
+    return 16 // size if logits.data_ptr() % 16 == 0 else 1
 
 
 def constrained_sample_forward(
@@ -505,6 +537,7 @@ def constrained_sample_forward(
     max_refine: int = DEFAULT_MAX_REFINE,
     rows: int | None = None,
     block_v: int | None = None,
+    vec: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the sampler on ``logits [B, V]`` (unit stride in V) and per-row ``[B]`` tensors
     (any stride, e.g. expanded scalars): ``temperature``/``top_p`` float32, ``top_k``/``seed``/
@@ -514,7 +547,8 @@ def constrained_sample_forward(
     codes_per_image)``. ``cap`` (candidates per row), ``num_pivots`` and ``max_refine`` tune the
     threshold search, ``rows`` (rows per program) and ``block_v`` (tile width) the tiling; all
     are powers of two (``max_refine`` any int >= 0), default to :func:`launch_config`, and change
-    speed, never the kept set.
+    speed, never the kept set. ``vec`` (elements per vector load, default :func:`vector_width`)
+    must divide 16 bytes and the alignment of ``logits``.
 
     Returns ``(tokens int64 [B], next_image_pos int32 [B], flags int32 [B])``.
     """
@@ -530,9 +564,13 @@ def constrained_sample_forward(
     cfg["ROWS"] = rows or cfg["ROWS"]
     cfg["BLOCK_V"] = block_v or cfg["BLOCK_V"]
     cfg["CHUNK"] = min(cfg["CHUNK"], cfg["CAP"])
+    vec = vector_width(logits) if vec is None else vec
     for name, value in (("cap", cfg["CAP"]), ("num_pivots", num_pivots), ("rows", cfg["ROWS"]),
-                        ("block_v", cfg["BLOCK_V"])):
+                        ("block_v", cfg["BLOCK_V"]), ("vec", vec)):
         assert value >= 1 and value & (value - 1) == 0, f"{name} must be a power of two, got {value}"
+    assert vec * logits.element_size() <= 16 and logits.data_ptr() % (vec * logits.element_size()) == 0, (
+        f"vec={vec} needs logits aligned to {vec * logits.element_size()} bytes")
+    cfg["BLOCK_V"] = max(cfg["BLOCK_V"], vec)
     cand_x = torch.empty((b, cfg["CAP"]), dtype=torch.float32, device=dev)
     cand_id = torch.empty((b, cfg["CAP"]), dtype=torch.int32, device=dev)
     text_vocab, first_code, num_codes, boi, eoi, eos, n_codes = layout
@@ -543,6 +581,6 @@ def constrained_sample_forward(
         offset.stride(0), stream.stride(0),
         text_vocab, first_code, num_codes, boi, eoi, eos, n_codes,
         ROWS=cfg["ROWS"], BLOCK_V=cfg["BLOCK_V"], NP=num_pivots, MAX_REFINE=max_refine,
-        CAP=cfg["CAP"], CHUNK=cfg["CHUNK"], num_warps=cfg["num_warps"],
+        CAP=cfg["CAP"], CHUNK=cfg["CHUNK"], VEC=vec, num_warps=cfg["num_warps"],
     )
     return tokens, next_pos, flags

@@ -1,21 +1,31 @@
 """Fused vector quantisation: nearest code, straight-through output, VQ loss and usage counts.
 
-One forward pass per block of ``BLOCK_N`` rows of ``z`` walks the codebook in tiles of
-``BLOCK_K`` codes. Each tile's distances ``‖e‖² − 2 z·e`` come from one ``tl.dot`` (fp32
-accumulation) and are folded into a running (min, argmin) kept in registers, so no N×K
-distance matrix ever exists. ``‖z‖²`` is constant per row and is left out of the argmin.
+One forward program owns a block of ``BLOCK_N`` rows of ``z`` and walks a range of the codebook
+in tiles of ``BLOCK_K`` codes. Each tile's distances ``‖e‖² − 2 z·e`` come from one ``tl.dot``
+(fp32 accumulation) and a per-call table of ``‖e‖²`` (:func:`code_norms`, computed once, not
+once per tile and program). ``‖z‖²`` is constant per row and is left out of the argmin. The
+program keeps a running minimum per (row, lane) element, ``[BLOCK_N, BLOCK_K]`` in registers,
+and reduces across lanes once after the last tile, so the hot loop has no cross-lane
+reduction and no N×K distance matrix ever exists.
 
-Distances that are NaN or +inf are clamped to FLT_MAX with ``tl.minimum`` (which returns its
-non-NaN operand): such codes are never chosen over a finite one, and ties (also among
-clamped ones) go to the lowest index, as ``torch.argmin``. A row of ``z`` with a non-finite
-value gets code 0.
+When N is too small to fill the GPU, the codebook is split into ranges of ``codes_per_split``
+codes, one program per (row block, range); each writes its partial (min, argmin) and a merge
+kernel picks the winner per row and writes the outputs.
+
+Distances that are NaN or +inf count as FLT_MAX: the running minimum starts at FLT_MAX and
+takes only strictly smaller values, so such codes are never chosen over a finite one, and ties
+(also among those codes) go to the lowest index, as ``torch.argmin``, within a lane, across
+lanes and across codebook ranges alike. A row of ``z`` with a non-finite value gets code 0.
 
 The backward kernel writes ``grad_z`` (straight-through gradient plus the VQ-loss term) and,
 unless the caller asks for the deterministic path, scatters the codebook gradient with
 atomics; ``vq_codebook_grad_segments`` is the deterministic alternative over codes sorted by
-value.
+value. All atomics (codebook gradient, usage counts) are relaxed: they only accumulate, and
+nothing reads the sums before the kernel ends, so they need no memory fences.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -25,81 +35,207 @@ from seedfast.kernels._common import round_bf16
 from seedfast.kernels._config import autotune_configs, fp32_dot_precision, interpret_bf16
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
+INT32_MAX = tl.constexpr(2**31 - 1)
 MAX_DIM = 256
+# Codebook ranges of an automatic split are whole multiples of the largest BLOCK_K, so no
+# range ends in a partial tile except the codebook's last.
+SPLIT_ALIGN = 256
+# Enough programs to keep every SM busy with two resident programs.
+PROGRAMS_PER_SM = 2
+_LARGEST_BLOCK_N = 128
+MERGE_BLOCK_N = 64
+
+
+def _fwd_gpu_configs() -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bn, bk, w, s in [
+            # 32 running-minimum elements per thread (BLOCK_N·BLOCK_K / threads).
+            (128, 64, 8, 3),
+            (128, 64, 8, 4),
+            (64, 128, 8, 3),
+            (64, 64, 4, 3),
+            (64, 64, 4, 4),
+            # 16 per thread, for fp32's three-pass tf32 dot.
+            (128, 32, 8, 3),
+            (64, 32, 4, 3),
+        ]
+    ]
+
+
+def _per_thread(config: triton.Config) -> int:
+    return config.kwargs["BLOCK_N"] * config.kwargs["BLOCK_K"] // (32 * config.num_warps)
+
+
+def fwd_config_fits(config: triton.Config, dtype: torch.dtype, feature_tile: int) -> bool:
+    """Whether the autotuner may try ``config`` for ``z`` of ``dtype`` and ``BLOCK_D = feature_tile``.
+
+    Read from the sm_80/sm_90 compiled code. The running minimum holds two
+    ``[BLOCK_N, BLOCK_K]`` tiles besides the dot's accumulator: 32 elements per thread fit
+    beside a bf16/fp16 dot, 16 beside fp32's three-pass tf32 dot (at D = 32 every config kept
+    here compiles without spills; the tests hold it). A feature tile over 64 also needs
+    ``BLOCK_K <= 64``, which keeps the codes-only kernel spill-free at D = 256; with the
+    z_q/loss writes, D = 256 still spills at every config.
+    """
+    per_thread = _per_thread(config)
+    if dtype == torch.float32:
+        return per_thread <= 16
+    return per_thread == 32 and (feature_tile <= 64 or config.kwargs["BLOCK_K"] <= 64)
+
+
+def _prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    if len(configs) == 1:  # the interpreter's single config
+        return configs
+    args = {**(named_args or {}), **kwargs}
+    return [c for c in configs if fwd_config_fits(c, args["z_ptr"].dtype, args["BLOCK_D"])]
 
 
 def _fwd_configs() -> list[triton.Config]:
-    gpu = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bn, bk, w, s in [
-            (128, 128, 8, 3),
-            (128, 64, 4, 4),
-            (64, 128, 4, 4),
-            (64, 64, 4, 3),
-            (32, 128, 4, 3),
-        ]
-    ]
-    return autotune_configs(gpu, triton.Config({"BLOCK_N": 128, "BLOCK_K": 256}))
+    return autotune_configs(_fwd_gpu_configs(), triton.Config({"BLOCK_N": 128, "BLOCK_K": 256}))
 
 
-@triton.autotune(configs=_fwd_configs(), key=["K", "BLOCK_D", "N_BUCKET"], reset_to_zero=["counts_ptr"])
 @triton.jit
-def _vq_forward_kernel(
-    z_ptr, e_ptr, codes_ptr, zq_ptr, loss_part_ptr, counts_ptr,
-    N, K, D, stride_zn, stride_ek, stride_qn,
-    N_BUCKET,
-    BLOCK_D: tl.constexpr,
-    WRITE_ZQ: tl.constexpr, WRITE_LOSS: tl.constexpr, WRITE_COUNTS: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+def _vq_code_norms_kernel(e_ptr, norms_ptr, K, D, stride_ek, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     dims = tl.arange(0, BLOCK_D)
-    row_ok = rows < N
-    dim_ok = dims < D
+    col_ok = cols < K
+    e = tl.load(e_ptr + cols[:, None] * stride_ek + dims[None, :],
+                mask=col_ok[:, None] & (dims < D)[None, :], other=0.0).to(tl.float32)
+    tl.store(norms_ptr + cols, tl.sum(e * e, axis=1), mask=col_ok)
+
+
+@triton.jit
+def _load_rows(z_ptr, rows, row_ok, dims, dim_ok, stride_zn, INTERPRET_BF16: tl.constexpr):
+    """A ``[BLOCK_N, BLOCK_D]`` block of ``z`` and whether each row is finite."""
     z = tl.load(z_ptr + rows[:, None] * stride_zn + dims[None, :],
                 mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
     if INTERPRET_BF16:
         z = z.to(tl.float32)
     # inf * 0 and nan * 0 are nan: one reduction flags rows with a non-finite entry.
     row_finite = tl.sum(z.to(tl.float32) * 0.0, axis=1) == 0.0
+    return z, row_finite
 
-    best = tl.full([BLOCK_N], FLT_MAX, tl.float32)
-    best_idx = tl.zeros([BLOCK_N], tl.int32)
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        col_ok = cols < K
-        # The codebook tile is loaded transposed, [BLOCK_D, BLOCK_K], ready for the dot.
-        e_t = tl.load(e_ptr + cols[None, :].to(tl.int64) * stride_ek + dims[:, None],
-                      mask=dim_ok[:, None] & col_ok[None, :], other=0.0)
-        if INTERPRET_BF16:
-            e_t = e_t.to(tl.float32)
-        e32 = e_t.to(tl.float32)
-        e_sq = tl.sum(e32 * e32, axis=0)
-        # Padded columns get +inf, which the clamp below turns into FLT_MAX: they lose every tie
-        # against real codes because they carry the highest indices.
-        e_sq = tl.where(col_ok, e_sq, float("inf"))
-        dot = tl.dot(z, e_t, input_precision=PRECISION)
-        dist = tl.minimum(e_sq[None, :] - 2.0 * dot, FLT_MAX)
-        tile_min, tile_idx = tl.min(dist, axis=1, return_indices=True)
-        better = tile_min < best
-        best = tl.where(better, tile_min, best)
-        best_idx = tl.where(better, tile_idx + k0, best_idx)
 
-    best_idx = tl.where(row_finite, best_idx, 0)
-    tl.store(codes_ptr + rows, best_idx.to(tl.int64), mask=row_ok)
+@triton.jit
+def _write_outputs(
+    code, row_finite, rows, row_ok, dims, dim_ok, slot,
+    z_ptr, e_ptr, codes_ptr, zq_ptr, loss_part_ptr, counts_ptr, stride_zn, stride_ek, stride_qn,
+    WRITE_ZQ: tl.constexpr, WRITE_LOSS: tl.constexpr, WRITE_COUNTS: tl.constexpr,
+):
+    """Codes, usage counts, ``z_q`` and this block's loss partial sum (into ``loss_part[slot]``).
+
+    ``z`` is loaded again for the loss (an L2 hit, N·D elements) rather than kept live across
+    the codebook loop, where its registers are better spent on the running minimum."""
+    code = tl.where(row_finite, code, 0)
+    tl.store(codes_ptr + rows, code.to(tl.int64), mask=row_ok)
     if WRITE_COUNTS:
-        tl.atomic_add(counts_ptr + best_idx, 1, mask=row_ok)
+        tl.atomic_add(counts_ptr + code, 1, mask=row_ok, sem="relaxed")
     if WRITE_ZQ or WRITE_LOSS:
-        e_rows = tl.load(e_ptr + best_idx[:, None].to(tl.int64) * stride_ek + dims[None, :],
+        e_rows = tl.load(e_ptr + code[:, None].to(tl.int64) * stride_ek + dims[None, :],
                          mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
         if WRITE_ZQ:
             tl.store(zq_ptr + rows[:, None] * stride_qn + dims[None, :], e_rows,
                      mask=row_ok[:, None] & dim_ok[None, :])
         if WRITE_LOSS:
+            z = tl.load(z_ptr + rows[:, None] * stride_zn + dims[None, :],
+                        mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
             diff = e_rows.to(tl.float32) - z.to(tl.float32)
-            tl.store(loss_part_ptr + pid, tl.sum(tl.sum(diff * diff, axis=1), axis=0))
+            tl.store(loss_part_ptr + slot, tl.sum(tl.sum(diff * diff, axis=1), axis=0))
+
+
+@triton.autotune(
+    configs=_fwd_configs(),
+    # Writing z_q and the loss changes the best tile shape, and so does the codebook range a
+    # program walks: nearest_code, vq_quantize and split launches tune separately.
+    key=["K", "K_SPLIT", "BLOCK_D", "N_BUCKET", "WRITE_ZQ", "WRITE_LOSS", "WRITE_COUNTS", "PARTIAL"],
+    prune_configs_by={"early_config_prune": _prune_fwd_configs},
+    reset_to_zero=["counts_ptr"],
+)
+@triton.jit
+def _vq_forward_kernel(
+    z_ptr, e_ptr, norms_ptr, codes_ptr, zq_ptr, loss_part_ptr, counts_ptr, part_min_ptr, part_idx_ptr,
+    N, K, D, K_SPLIT, stride_zn, stride_ek, stride_qn,
+    N_BUCKET,
+    BLOCK_D: tl.constexpr,
+    WRITE_ZQ: tl.constexpr, WRITE_LOSS: tl.constexpr, WRITE_COUNTS: tl.constexpr, PARTIAL: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < N
+    dim_ok = dims < D
+    z, row_finite = _load_rows(z_ptr, rows, row_ok, dims, dim_ok, stride_zn, INTERPRET_BF16)
+
+    k_lo = split * K_SPLIT
+    k_hi = tl.minimum(k_lo + K_SPLIT, K)
+    lanes = tl.arange(0, BLOCK_K)
+    best = tl.full([BLOCK_N, BLOCK_K], FLT_MAX, tl.float32)
+    # Lanes start on the range's first tile, so a row whose distances are all NaN, +inf or
+    # FLT_MAX ends on the range's first code, the lowest index among equals.
+    best_idx = tl.zeros([BLOCK_N, BLOCK_K], tl.int32) + (k_lo + lanes)[None, :]
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        cols = k0 + lanes
+        col_ok = cols < k_hi
+        # The codebook tile is loaded transposed, [BLOCK_D, BLOCK_K], ready for the dot.
+        e_t = tl.load(e_ptr + cols[None, :].to(tl.int64) * stride_ek + dims[:, None],
+                      mask=dim_ok[:, None] & col_ok[None, :], other=0.0)
+        if INTERPRET_BF16:
+            e_t = e_t.to(tl.float32)
+        # Padded columns get ‖e‖² = +inf, so a +inf distance.
+        e_sq = tl.load(norms_ptr + cols, mask=col_ok, other=float("inf"))
+        dist = e_sq[None, :] - 2.0 * tl.dot(z, e_t, input_precision=PRECISION)
+        # Strictly smaller, against a start of FLT_MAX: NaN and +inf distances never win (as if
+        # clamped to FLT_MAX), and since a lane sees its codes in increasing order it keeps the
+        # lowest index among equal distances.
+        better = dist < best
+        best = tl.where(better, dist, best)
+        best_idx = tl.where(better, cols[None, :], best_idx)
+
+    row_min = tl.min(best, axis=1)
+    code = tl.min(tl.where(best == row_min[:, None], best_idx, INT32_MAX), axis=1)
+    if PARTIAL:
+        tl.store(part_min_ptr + split.to(tl.int64) * N + rows, row_min, mask=row_ok)
+        tl.store(part_idx_ptr + split.to(tl.int64) * N + rows, code, mask=row_ok)
+    else:
+        _write_outputs(code, row_finite, rows, row_ok, dims, dim_ok, pid,
+                       z_ptr, e_ptr, codes_ptr, zq_ptr, loss_part_ptr, counts_ptr, stride_zn, stride_ek, stride_qn,
+                       WRITE_ZQ, WRITE_LOSS, WRITE_COUNTS)
+
+
+@triton.jit
+def _vq_merge_kernel(
+    z_ptr, e_ptr, part_min_ptr, part_idx_ptr, codes_ptr, zq_ptr, loss_part_ptr, counts_ptr,
+    N, D, N_SPLIT, stride_zn, stride_ek, stride_qn,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    WRITE_ZQ: tl.constexpr, WRITE_LOSS: tl.constexpr, WRITE_COUNTS: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < N
+    dim_ok = dims < D
+    _, row_finite = _load_rows(z_ptr, rows, row_ok, dims, dim_ok, stride_zn, INTERPRET_BF16)
+    min_ptrs = part_min_ptr + rows
+    idx_ptrs = part_idx_ptr + rows
+    best = tl.load(min_ptrs, mask=row_ok, other=FLT_MAX)
+    code = tl.load(idx_ptrs, mask=row_ok, other=0)
+    for _ in range(1, N_SPLIT):
+        # Pointer steps stay 64-bit where split * N would overflow int32.
+        min_ptrs += N
+        idx_ptrs += N
+        m = tl.load(min_ptrs, mask=row_ok, other=FLT_MAX)
+        i = tl.load(idx_ptrs, mask=row_ok, other=0)
+        # Ranges hold increasing codes: strictly smaller keeps the lowest index on ties.
+        better = m < best
+        best = tl.where(better, m, best)
+        code = tl.where(better, i, code)
+    _write_outputs(code, row_finite, rows, row_ok, dims, dim_ok, pid,
+                   z_ptr, e_ptr, codes_ptr, zq_ptr, loss_part_ptr, counts_ptr, stride_zn, stride_ek, stride_qn,
+                   WRITE_ZQ, WRITE_LOSS, WRITE_COUNTS)
 
 
 @triton.jit
@@ -129,7 +265,8 @@ def _vq_backward_kernel(
             gz += tl.load(gzq_ptr + rows[:, None] * stride_gqn + dims[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(gz_ptr + rows[:, None] * D + dims[None, :], round_bf16(gz, INTERPRET_BF16), mask=mask)
     if SCATTER:
-        tl.atomic_add(ge_acc_ptr + codes[:, None] * D + dims[None, :], -(g * coeff_e) * diff, mask=mask)
+        tl.atomic_add(ge_acc_ptr + codes[:, None] * D + dims[None, :], -(g * coeff_e) * diff, mask=mask,
+                      sem="relaxed")
 
 
 @triton.jit
@@ -168,10 +305,58 @@ def _n_bucket(n: int) -> int:
     return triton.next_power_of_2(max(n, 1))
 
 
+def _sm_count(device: torch.device) -> int:
+    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count_of(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def auto_codes_per_split(n: int, k: int, sm_count: int) -> int:
+    """Codes per codebook range for ``n`` rows and ``k`` codes on a GPU with ``sm_count`` SMs.
+
+    Returns ``k`` (no split) when the row blocks alone give ``PROGRAMS_PER_SM`` programs per SM
+    at the largest ``BLOCK_N``; otherwise enough ranges to get there, each a multiple of
+    ``SPLIT_ALIGN`` codes. SEED's N = 8192, K = 8192 on 132 SMs: 64 row blocks, 5 ranges of 1792.
+    A split stops near ``2 · PROGRAMS_PER_SM · sm_count`` programs, so the partial (min, argmin)
+    buffers, ranges × N, stay O(N + SMs) and the forward's memory O(N + K).
+    """
+    row_blocks = triton.cdiv(max(n, 1), _LARGEST_BLOCK_N)
+    want = triton.cdiv(PROGRAMS_PER_SM * sm_count, row_blocks)
+    splits = min(want, triton.cdiv(k, SPLIT_ALIGN))
+    if splits <= 1:
+        return k
+    return triton.cdiv(triton.cdiv(k, splits), SPLIT_ALIGN) * SPLIT_ALIGN
+
+
+def code_norms(codebook: torch.Tensor) -> torch.Tensor:
+    """``‖e‖²`` of every code, fp32 ``[K]``, summed in fp32 from ``codebook [K, D]`` (unit stride in D)."""
+    k, d = codebook.shape
+    norms = torch.empty(k, dtype=torch.float32, device=codebook.device)
+    if k:
+        block_k = 64
+        _vq_code_norms_kernel[(triton.cdiv(k, block_k),)](
+            codebook, norms, k, d, codebook.stride(0), BLOCK_D=block_d(d), BLOCK_K=block_k,
+        )
+    return norms
+
+
 def vq_forward(
-    z: torch.Tensor, codebook: torch.Tensor, *, write_zq: bool, write_loss: bool, write_counts: bool
+    z: torch.Tensor,
+    codebook: torch.Tensor,
+    *,
+    write_zq: bool,
+    write_loss: bool,
+    write_counts: bool,
+    codes_per_split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the fused forward on ``z [N, D]`` (unit stride in D) and ``codebook [K, D]``.
+
+    ``codes_per_split`` sets the size of the codebook ranges searched by separate programs and
+    merged afterwards (``>= K``: one range); ``None`` picks it from N, K and the GPU's SM count
+    (:func:`auto_codes_per_split`; one range off the GPU). The codes do not depend on it.
 
     Returns ``(codes int64 [N], z_q [N, D] or empty, loss_sum fp32 0-d or empty,
     counts int32 [K] or empty)``; ``loss_sum`` is Σ (e_code − z)² over all elements.
@@ -180,26 +365,46 @@ def vq_forward(
     k = codebook.shape[0]
     assert z.stride(1) == 1 and codebook.stride(1) == 1, "unit stride in D required"
     assert d <= MAX_DIM, f"D={d} exceeds the kernel's MAX_DIM={MAX_DIM}"
+    if codes_per_split is not None and (isinstance(codes_per_split, bool) or not isinstance(codes_per_split, int)
+                                        or codes_per_split < 1):
+        raise ValueError(f"codes_per_split must be a positive int or None, got {codes_per_split!r}")
     dev = z.device
     codes = torch.empty(n, dtype=torch.int64, device=dev)
     zq = torch.empty((n, d) if write_zq else (0, d), dtype=z.dtype, device=dev)
     counts = torch.zeros(k if write_counts else 0, dtype=torch.int32, device=dev)
     if n == 0:
         return codes, zq, torch.zeros((), dtype=torch.float32, device=dev), counts
-    # Sized for the smallest BLOCK_N any config uses, so every program owns one slot.
+    if codes_per_split is None:
+        codes_per_split = auto_codes_per_split(n, k, _sm_count(dev)) if dev.type == "cuda" else k
+    k_split = min(codes_per_split, k)
+    n_split = triton.cdiv(k, k_split)
+    norms = code_norms(codebook)
+    # Sized for the smallest BLOCK_N any config (and the merge) uses, so every program owns one slot.
     loss_part = torch.zeros(triton.cdiv(n, 32) if write_loss else 1, dtype=torch.float32, device=dev)
+    partial = n_split > 1
+    part_min = torch.empty((n_split, n) if partial else 0, dtype=torch.float32, device=dev)
+    part_idx = torch.empty((n_split, n) if partial else 0, dtype=torch.int32, device=dev)
+    zq_stride = zq.stride(0) if write_zq else d
 
     def grid(meta):
-        return (triton.cdiv(n, meta["BLOCK_N"]),)
+        return (triton.cdiv(n, meta["BLOCK_N"]), n_split)
 
     _vq_forward_kernel[grid](
-        z, codebook, codes, zq, loss_part, counts,
-        n, k, d, z.stride(0), codebook.stride(0), zq.stride(0) if write_zq else d,
+        z, codebook, norms, codes, zq, loss_part, counts, part_min, part_idx,
+        n, k, d, k_split, z.stride(0), codebook.stride(0), zq_stride,
         _n_bucket(n),
         BLOCK_D=block_d(d),
-        WRITE_ZQ=write_zq, WRITE_LOSS=write_loss, WRITE_COUNTS=write_counts,
+        WRITE_ZQ=write_zq, WRITE_LOSS=write_loss, WRITE_COUNTS=write_counts, PARTIAL=partial,
         INTERPRET_BF16=interpret_bf16(z.dtype), PRECISION=fp32_dot_precision(z.dtype),
     )
+    if partial:
+        _vq_merge_kernel[(triton.cdiv(n, MERGE_BLOCK_N),)](
+            z, codebook, part_min, part_idx, codes, zq, loss_part, counts,
+            n, d, n_split, z.stride(0), codebook.stride(0), zq_stride,
+            BLOCK_D=block_d(d), BLOCK_N=MERGE_BLOCK_N,
+            WRITE_ZQ=write_zq, WRITE_LOSS=write_loss, WRITE_COUNTS=write_counts,
+            INTERPRET_BF16=interpret_bf16(z.dtype),
+        )
     loss_sum = loss_part.sum() if write_loss else loss_part.new_zeros(())
     return codes, zq, loss_sum, counts
 

@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("seedfast.nn",),
     ("seedfast.models",),
     ("seedfast.generation", "seedfast.integrations"),
+    ("seedfast.pipeline",),
     ("seedfast.train",),
     ("seedfast.benchmarks",),
     ("seedfast.demo",),

@@ -8,13 +8,16 @@ Implementations, all run in the same process on the same inputs:
   implementation of ours reported as a peer so both appear side by side with the Triton row.
 * ``torch-sort``: :func:`~seedfast.ops.constrained_sample.constrained_sample_reference`, the
   sort-based torch implementation (grammar mask, sort, cumsum, inverse CDF).
+* ``torch-sort-compiled``: the same reference under ``torch.compile`` (CUDA only: on CPU the
+  compile costs far more than the numbers could tell).
 * ``flashinfer``: the grammar applied as an additive ``-inf`` bias per state, then FlashInfer's
   ``top_k_top_p_sampling_from_logits`` (masked ``argmax`` in the greedy mode). Optional.
 * ``vllm``: the same bias, then vLLM's ``apply_top_k_top_p`` and an exponential race over the
   softmax, as vLLM's sampler does (``argmax`` when greedy). Optional.
 
-Modes: ``sample`` (temperature 1, top-k 50, top-p 0.9) and ``greedy``. Rows mix the two grammar
-states: even rows are in text, odd rows inside an image. Every op is called with ``check=False``:
+Modes (temperature 1 unless greedy): ``top_k`` (top-k 50 only), ``top_p`` (top-p 0.9 only),
+``sample`` (both) and ``greedy``. Rows mix the two grammar states: even rows are in text, odd
+rows inside an image. Peers that are not installed are recorded as unavailable. Every op is called with ``check=False``:
 the error check is one host synchronisation, which a decode loop does at most once per step.
 
 :func:`graph_capture_check` captures the op in a CUDA graph and replays it with an advanced
@@ -35,6 +38,8 @@ NAME = "constrained_sample"
 TEMPERATURE = 1.0
 TOP_K = 50
 TOP_P = 0.9
+# Mode → (top_k, top_p): 0 and 1.0 switch a filter off.
+FILTERS = {"top_k": (TOP_K, 1.0), "top_p": (0, TOP_P), "sample": (TOP_K, TOP_P), "greedy": (TOP_K, TOP_P)}
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # A 152064-id vocabulary (Qwen-sized) with the 8192 codes at the very end.
@@ -52,19 +57,20 @@ def vocab_for(v: int) -> VisualVocab:
 
 
 def cases(*, quick: bool, device: torch.device) -> list[Case]:
-    """B ∈ {1, 64, 256} × V ∈ {40194, 152064} × fp32/bf16 on CUDA; small CPU sets for regressions."""
+    """On CUDA, B ∈ {1, 8, 64, 256} × V ∈ {40194, 152064} × the modes top-k, top-p, both and
+    greedy in bf16, and both filters in fp32 too; small CPU sets for regressions."""
     if device.type == "cuda":
-        batches = [1, 256] if quick else [1, 64, 256]
+        batches = [1, 256] if quick else [1, 8, 64, 256]
         vocabs = [40194] if quick else [40194, 152064]
-        dtypes = ["bf16"] if quick else ["fp32", "bf16"]
-        modes = ["sample", "greedy"]
+        modes = ["sample", "greedy"] if quick else ["top_k", "top_p", "sample", "greedy"]
     else:
         batches = [1, 8] if quick else [1, 64]
         vocabs = [40194]
-        dtypes = ["fp32"]
         modes = ["sample"] if quick else ["sample", "greedy"]
     out = []
     for mode in modes:
+        dtypes = ["fp32", "bf16"] if device.type == "cuda" and mode == "sample" and not quick else (
+            ["bf16"] if device.type == "cuda" else ["fp32"])
         for dt in dtypes:
             elt = torch.finfo(_DTYPES[dt]).bits // 8
             for v in vocabs:
@@ -85,13 +91,14 @@ def make_inputs(case: Case, device: torch.device) -> dict:
     rows = torch.arange(b)
     image_pos = torch.where(rows % 2 == 0, -1, rows % 32).to(device=device, dtype=torch.int32)
     greedy = case.mode == "greedy"
+    top_k, top_p = FILTERS[case.mode]
     return {
         "logits": logits,
         "image_pos": image_pos,
         "vocab": vocab_for(v),
         "temperature": torch.full((b,), 0.0 if greedy else TEMPERATURE, device=device),
-        "top_k": torch.full((b,), TOP_K, dtype=torch.int64, device=device),
-        "top_p": torch.full((b,), TOP_P, device=device),
+        "top_k": torch.full((b,), top_k, dtype=torch.int64, device=device),
+        "top_p": torch.full((b,), top_p, device=device),
         "seed": torch.full((b,), 1234, dtype=torch.int64, device=device),
         "offset": torch.zeros(b, dtype=torch.int64, device=device),
     }
@@ -128,6 +135,15 @@ def _build_torch_sort(case: Case, device: torch.device) -> Callable[[], object]:
     return lambda: constrained_sample_reference(logits, image_pos, **x)
 
 
+def _build_torch_sort_compiled(case: Case, device: torch.device) -> Callable[[], object]:
+    if device.type != "cuda":
+        raise PeerUnavailable("torch.compile of the reference is timed on CUDA only")
+    x = make_inputs(case, device)
+    logits, image_pos = x.pop("logits"), x.pop("image_pos")
+    compiled = torch.compile(constrained_sample_reference, dynamic=False)
+    return lambda: compiled(logits, image_pos, **x)
+
+
 def _masked_logits_fn(case: Case, device: torch.device) -> tuple[dict, Callable[[], torch.Tensor]]:
     x = make_inputs(case, device)
     bias = grammar_bias(x["vocab"], case.params["V"], device)
@@ -147,7 +163,16 @@ def _build_flashinfer(case: Case, device: torch.device) -> Callable[[], object]:
     if case.mode == "greedy":
         return lambda: masked().argmax(-1)
     # Scalars: every row shares the settings, and FlashInfer's per-row arrays have their own dtypes.
-    return lambda: top_k_top_p_sampling_from_logits(masked(), TOP_K, TOP_P)
+    top_k, top_p = FILTERS[case.mode]
+    if top_k == 0:
+        from flashinfer.sampling import top_p_sampling_from_probs
+
+        return lambda: top_p_sampling_from_probs(masked().softmax(-1), top_p)
+    if top_p >= 1.0:
+        from flashinfer.sampling import top_k_sampling_from_probs
+
+        return lambda: top_k_sampling_from_probs(masked().softmax(-1), top_k)
+    return lambda: top_k_top_p_sampling_from_logits(masked(), top_k, top_p)
 
 
 def _build_vllm(case: Case, device: torch.device) -> Callable[[], object]:
@@ -159,8 +184,13 @@ def _build_vllm(case: Case, device: torch.device) -> Callable[[], object]:
     if case.mode == "greedy":
         return lambda: masked().argmax(-1)
 
+    top_k, top_p = FILTERS[case.mode]
+    # vLLM takes None for a filter that is off.
+    k = x["top_k"] if top_k > 0 else None
+    p = x["top_p"] if top_p < 1.0 else None
+
     def run() -> torch.Tensor:
-        probs = apply_top_k_top_p(masked(), x["top_k"], x["top_p"]).softmax(-1)
+        probs = apply_top_k_top_p(masked(), k, p).softmax(-1)
         return probs.div_(torch.empty_like(probs).exponential_()).argmax(-1)
 
     return run
@@ -170,6 +200,7 @@ impls = [
     Impl("seedfast", _build_seedfast("auto"), ours=True),
     Impl("seedfast-cuda", _build_seedfast("cuda")),
     Impl("torch-sort", _build_torch_sort),
+    Impl("torch-sort-compiled", _build_torch_sort_compiled),
     Impl("flashinfer", _build_flashinfer),
     Impl("vllm", _build_vllm),
 ]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from seedfast.checkpoint_io import save_bytes
 from seedfast.env import EnvInfo, collect
 
 SCHEMA_VERSION = 1
@@ -163,8 +164,19 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | N
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def measure(case: Case, impl: Impl, device: torch.device, *, budget_ms: float) -> Measurement:
-    """Build and time one implementation on one case; failures become recorded errors."""
+    """Build and time one implementation on one case; failures become recorded errors.
+
+    ``Measurement.error`` is ``"unavailable: <why>"`` for :class:`PeerUnavailable`, ``"out of
+    memory"``, or ``"error: <ExceptionType>: <message>"`` for anything else an implementation
+    raises (a peer's bug, a kernel that fails to compile): recorded for that implementation and
+    case, so the rest of the suite still runs. ``KeyboardInterrupt`` still stops the run.
+    """
     m = Measurement(op=case.op, mode=case.mode, case=dict(case.params), impl=impl.name, ours=impl.ours)
     fn = None
     try:
@@ -176,6 +188,9 @@ def measure(case: Case, impl: Impl, device: torch.device, *, budget_ms: float) -
         return m
     except torch.cuda.OutOfMemoryError:
         m.error = "out of memory"
+        return m
+    except Exception as err:  # noqa: BLE001 - one broken implementation must not cost the other results
+        m.error = f"error: {type(err).__name__}: {_one_line(err)}"
         return m
     finally:
         del fn
@@ -191,8 +206,15 @@ def measure(case: Case, impl: Impl, device: torch.device, *, budget_ms: float) -
 
 
 def run_suites(suites: Sequence, *, quick: bool, device: torch.device, budget_ms: float | None = None,
-               progress: Callable[[str], None] | None = None) -> RunResult:
-    """Run every case of every suite with all its implementations, side by side."""
+               progress: Callable[[str], None] | None = None, max_cases: int | None = None,
+               on_measurement: Callable[[RunResult], None] | None = None) -> RunResult:
+    """Run every case of every suite with all its implementations, side by side.
+
+    ``max_cases`` keeps each suite's first cases only (a dry run); ``on_measurement(result)``
+    is called after each measurement, e.g. to save partial results that survive a timeout.
+    """
+    if max_cases is not None and max_cases < 1:
+        raise ValueError(f"run_suites: max_cases must be >= 1 or None, got {max_cases}")
     env: EnvInfo = collect()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else env.cpu
     result = RunResult(date=_dt.date.today().isoformat(), device=device_name, quick=quick, env=env.as_dict())
@@ -201,11 +223,13 @@ def run_suites(suites: Sequence, *, quick: bool, device: torch.device, budget_ms
                             "these numbers track regressions and support no speed claim.")
     budget = budget_ms if budget_ms is not None else (60.0 if quick else 300.0)
     for suite in suites:
-        for case in suite.cases(quick=quick, device=device):
+        for case in suite.cases(quick=quick, device=device)[:max_cases]:
             for impl in suite.impls:
                 if progress:
                     progress(f"{case.op} {case.mode} {case.label} · {impl.name}")
                 result.measurements.append(measure(case, impl, device, budget_ms=budget))
+                if on_measurement:
+                    on_measurement(result)
     return result
 
 
@@ -214,15 +238,17 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60] or "device"
 
 
-def write_result(result: RunResult, out_dir: str | Path) -> Path:
-    """Write ``<out_dir>/<date>-<device>[-quick].json`` (atomically) and return its path."""
+def write_result(result: RunResult, out_dir: str | Path, *, tag: str = "") -> Path:
+    """Write ``<out_dir>/<date>-<device>[-quick][-<tag>].json`` (atomically) and return its path.
+
+    ``tag`` (e.g. the suite's name) keeps the files of runs made separately on the same day apart.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{result.date}-{slug(result.device)}{'-quick' if result.quick else ''}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result.as_dict(), indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    stem = f"{result.date}-{slug(result.device)}{'-quick' if result.quick else ''}"
+    path = out / f"{stem}{'-' + slug(tag) if tag else ''}.json"
+    # A failed write (disk full, a kill) leaves the previous file, never a partial one or a temporary.
+    return save_bytes(path, (json.dumps(result.as_dict(), indent=1) + "\n").encode("utf-8"))
 
 
 def load_result(path: str | Path) -> RunResult:
@@ -243,7 +269,9 @@ def _group(result: RunResult) -> dict[tuple, list[Measurement]]:
 
 def _fmt_ms(m: Measurement) -> str:
     if m.error:
-        return "OOM" if m.error == "out of memory" else "n/a"
+        if m.error == "out of memory":
+            return "OOM"
+        return "error" if m.error.startswith("error: ") else "n/a"
     return f"{m.median_ms:.3f}" if m.median_ms < 100 else f"{m.median_ms:.1f}"
 
 
@@ -295,6 +323,8 @@ def format_table(result: RunResult, *, markdown: bool = False) -> str:
     lines.append(f"device: {result.device} · date {result.date} · torch {result.env['versions'].get('torch')}"
                  f" · triton {result.env['versions'].get('triton')}")
     lines += [f"note: {n}" for n in result.notes]
+    lines += [f"{m.impl} on {m.op} {m.mode} {' '.join(f'{k}={v}' for k, v in m.case.items())}: {m.error}"
+              for m in result.measurements if m.error and m.error.startswith("error: ")]
     return "\n".join(lines)
 
 

@@ -9,16 +9,23 @@ Shapes (``[B, H, L, D]``; spec §4 and the EVA ViT the tokenizer runs first):
 * ``cross``: the queries attending to the 257 image tokens (Lq = 32, Lk = 257, no mask);
 * ``eva``: EVA ViT self-attention over 257 patches (H = 16, D = 88, no mask).
 
-Peers, in the same process on the same values, each in its own native layout:
+Peers, in the same process on the same values, each in its own native layout and at its
+best for the case:
 
-* ``sdpa``: ``scaled_dot_product_attention`` with the explicit boolean mask (built once per
-  case, as the official code builds its mask), or no mask where nothing is masked;
-* ``flex``: FlexAttention with a block mask built once per case; compiled on CUDA, as its
-  documentation requires (eager on CPU, unavailable if it cannot run there);
+* ``sdpa``: ``scaled_dot_product_attention`` with ``is_causal=True`` where the mask is plain
+  causal self-attention (its flash backend then runs, with no mask tensor at all), a
+  precomputed additive float mask otherwise (built once per case: a boolean mask is
+  converted on every call), and no mask where nothing is masked;
+* ``flex``: FlexAttention with its block mask built once per case and, where Lq <= 64, block
+  mask and kernel tiles of 32 queries × 64 keys instead of the default 128 rows (falling back
+  to the default tiles where this torch rejects them); compiled on CUDA, as its documentation
+  requires (eager on CPU, unavailable if it cannot run there);
 * ``xformers``: ``memory_efficient_attention`` with ``LowerTriangularMask`` (CUDA only;
   unavailable with ``kv_lens``, which that mask cannot express);
-* ``flash-attn``: ``flash_attn_func`` (CUDA only; only without ``kv_lens``, and causal only
-  where Lq = Lk since its causal mask is bottom-right aligned).
+* ``flash-attn``: ``flash_attn_func`` where nothing is padded (causal only where Lq = Lk, since
+  its causal mask is bottom-right aligned) and ``flash_attn_varlen_func`` on the padded joint
+  case, with queries and keys packed to each sequence's length once per case as a varlen user
+  keeps them (its padded query rows are then not computed at all). CUDA fp16/bf16 only.
 
 Modes ``fwd`` (no autograd) and ``fwd+bwd`` (forward, then backward of ``sum(out · g)``).
 
@@ -68,18 +75,19 @@ def _kept_pairs(b: int, h: int, lq: int, lk: int, causal: bool, kv_lens: torch.T
 
 
 def cases(*, quick: bool, device: torch.device) -> list[Case]:
-    """SEED's attention shapes; on CPU a small fp32 subset that tracks regressions only."""
+    """SEED's attention shapes at B ∈ {1, 32, 256} in fp16 and bf16 on CUDA (quick: B = 32,
+    bf16); on CPU a small fp32 subset that tracks regressions only."""
     if device.type == "cuda":
-        batches = {"qformer": [64] if quick else [64, 256], "eva": [64] if quick else [64, 256]}
-        dtypes = ["bf16"]
+        batches = [32] if quick else [1, 32, 256]
+        dtypes = ["bf16"] if quick else ["fp16", "bf16"]
     else:
-        batches = {"qformer": [4] if quick else [16], "eva": [1] if quick else [2]}
+        batches = [1] if quick else [2]
         dtypes = ["fp32"]
     out = []
     for dt in dtypes:
         elt = torch.finfo(_DTYPES[dt]).bits // 8
         for name, h, lq, lk, d, causal, with_lens in _SHAPES:
-            for b in batches["eva" if name == "eva" else "qformer"]:
+            for b in batches:
                 params = {"B": b, "H": h, "Lq": lq, "Lk": lk, "D": d, "shape": name, "causal": causal,
                           "kv_lens": with_lens, "dtype": dt}
                 pairs = _kept_pairs(b, h, lq, lk, causal, _kv_lens(params, torch.device("cpu")))
@@ -130,9 +138,24 @@ def _build_seedfast(case: Case, device: torch.device):
 def _build_sdpa(case: Case, device: torch.device):
     p = case.params
     q, k, v, up = _inputs(case, device, layout="bhld")
-    mask = attention_mask(p["Lq"], p["Lk"], causal=p["causal"], kv_lens=_kv_lens(case.params, device), device=device)
-    return _runner(case, q, k, v, up,
-                   lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    lens = _kv_lens(case.params, device)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if p["causal"] and lens is None and p["Lq"] == p["Lk"]:
+        return _runner(case, q, k, v, up, lambda q, k, v: sdpa(q, k, v, is_causal=True))
+    keep = attention_mask(p["Lq"], p["Lk"], causal=p["causal"], kv_lens=lens, device=device)
+    if keep is None:
+        return _runner(case, q, k, v, up, lambda q, k, v: sdpa(q, k, v))
+    # Every row of these cases sees at least one key, so -inf never fills a whole row.
+    bias = torch.zeros(keep.shape, dtype=q.dtype, device=device).masked_fill_(~keep, float("-inf"))
+    return _runner(case, q, k, v, up, lambda q, k, v: sdpa(q, k, v, attn_mask=bias))
+
+
+# FlexAttention's tiles for 32-64 queries: its default 128-row tiles would leave most rows of
+# every program empty. The backward's options are named with the ``bwd_`` prefix of torch
+# >= 2.9; an older torch that rejects them runs its default tiles instead.
+_FLEX_SHORT_Q_BLOCK = (32, 64)
+_FLEX_SHORT_Q_OPTIONS = {"fwd_BLOCK_M": 32, "fwd_BLOCK_N": 64, "bwd_BLOCK_M1": 32, "bwd_BLOCK_N1": 64,
+                         "bwd_BLOCK_M2": 32, "bwd_BLOCK_N2": 64}
 
 
 def _build_flex(case: Case, device: torch.device):
@@ -157,19 +180,27 @@ def _build_flex(case: Case, device: torch.device):
         attend = torch.compile(flex_attention)
     else:
         attend = flex_attention
-    try:
-        block_mask = create_block_mask(keep, p["B"], None, p["Lq"], p["Lk"], device=device) if masked else None
+    short_q = p["Lq"] <= 64 and device.type == "cuda"
+    attempts = [(_FLEX_SHORT_Q_BLOCK, _FLEX_SHORT_Q_OPTIONS)] if short_q else []
+    attempts.append((128, None))
+    errors = []
+    for block, options in attempts:
+        try:
+            block_mask = (create_block_mask(keep, p["B"], None, p["Lq"], p["Lk"], device=device, BLOCK_SIZE=block)
+                          if masked else None)
 
-        def forward(q, k, v):
-            return attend(q, k, v, block_mask=block_mask)
+            def forward(q, k, v, block_mask=block_mask, options=options):
+                return attend(q, k, v, block_mask=block_mask, kernel_options=options)
 
-        with torch.no_grad(), warnings.catch_warnings():
-            # Eager FlexAttention (the CPU path here) warns once that it is unfused.
-            warnings.simplefilter("ignore", UserWarning)
-            forward(q, k, v)
-    except (RuntimeError, NotImplementedError, ValueError, AssertionError) as err:
-        raise PeerUnavailable(f"FlexAttention cannot run on {device.type}: {type(err).__name__}: {err}") from err
-    return _runner(case, q, k, v, up, forward)
+            run = _runner(case, q, k, v, up, forward)
+            with warnings.catch_warnings():
+                # Eager FlexAttention (the CPU path here) warns once that it is unfused.
+                warnings.simplefilter("ignore", UserWarning)
+                run()
+            return run
+        except Exception as err:  # Inductor and Triton raise many types; the next tiles are tried
+            errors.append(f"tiles {block}: {type(err).__name__}: {err}")
+    raise PeerUnavailable(f"FlexAttention cannot run on {device.type}: " + "; ".join(errors))
 
 
 def _build_xformers(case: Case, device: torch.device):
@@ -200,14 +231,28 @@ def _build_flash_attn(case: Case, device: torch.device):
     p = case.params
     if device.type != "cuda" or p["dtype"] not in ("bf16", "fp16"):
         raise PeerUnavailable("flash-attn needs CUDA fp16/bf16 tensors")
-    if p["kv_lens"] or (p["causal"] and p["Lq"] != p["Lk"]):
-        raise PeerUnavailable("flash_attn_func has no kv_lens and aligns causal masks bottom-right")
+    if p["causal"] and p["Lq"] != p["Lk"]:
+        raise PeerUnavailable("flash-attn aligns causal masks bottom-right")
     try:
-        from flash_attn import flash_attn_func
+        from flash_attn import flash_attn_func, flash_attn_varlen_func
     except ImportError as err:
         raise PeerUnavailable("flash-attn is not installed") from err
     q, k, v, up = _inputs(case, device, layout="blhd")
-    return _runner(case, q, k, v, up, lambda q, k, v: flash_attn_func(q, k, v, causal=p["causal"]))
+    if not p["kv_lens"]:
+        return _runner(case, q, k, v, up, lambda q, k, v: flash_attn_func(q, k, v, causal=p["causal"]))
+    if p["Lq"] != p["Lk"]:
+        raise PeerUnavailable("the varlen peer packs queries and keys to the same lengths")
+    # Packed once, as a varlen caller keeps its tokens: sequence b's first kv_lens[b] rows.
+    lens = _kv_lens(case.params, device)
+    keep = torch.arange(p["Lq"], device=device)[None, :] < lens[:, None]
+    cu = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
+    longest = int(lens.max())
+    packed = [t.detach()[keep].requires_grad_(t.requires_grad) for t in (q, k, v)]
+
+    def forward(q, k, v):
+        return flash_attn_varlen_func(q, k, v, cu, cu, longest, longest, causal=True)
+
+    return _runner(case, *packed, up[keep], forward)
 
 
 impls = [

@@ -25,8 +25,27 @@ NAME = "vq"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# Codebooks past SEED's: the 16k-262k codes of newer image tokenizers (Open-MAGVIT2, IBQ).
+SCALE_K = (8192, 65536, 262144)
+SCALE_D = (8, 32, 256)
+SCALE_N = (8192, 262144)
+# The quick GPU run's subset of the scale cases: (N, K, D).
+QUICK_SCALE = ((8192, 65536, 32), (262144, 262144, 8), (8192, 262144, 256))
+
+
+def _case(mode: str, n: int, k: int, d: int, dt: str) -> Case:
+    elt = torch.finfo(_DTYPES[dt]).bits // 8
+    moved = (n * d + k * d) * elt + n * 8 + (0 if mode == "codes" else n * d * elt)
+    if mode == "fwd+bwd":
+        moved += 3 * n * d * elt + k * d * elt
+    return Case(NAME, mode, {"N": n, "K": k, "D": d, "dtype": dt}, flops=2.0 * n * k * d, bytes=float(moved), size=n)
+
+
 def cases(*, quick: bool, device: torch.device) -> list[Case]:
-    """SEED's sizes: K = 8192 codes of D = 32; N = 32 vectors per image × batch."""
+    """SEED's sizes: K = 8192 codes of D = 32; N = 32 vectors per image × batch. On a GPU also
+    larger codebooks, K ∈ SCALE_K × D ∈ SCALE_D × N ∈ SCALE_N in bf16 (quick: QUICK_SCALE,
+    nearest codes only), where the fused kernel's memory stays O(N + K) and the peers' N×K
+    distance matrix may not fit (recorded as out of memory)."""
     k, d = CODEBOOK_SIZE, CODE_DIM
     if device.type == "cuda":
         sizes = [8192, 262144] if quick else [8192, 262144, 1048576]
@@ -34,16 +53,16 @@ def cases(*, quick: bool, device: torch.device) -> list[Case]:
     else:
         sizes = [1024, 8192] if quick else [8192, 65536]
         dtypes = ["fp32"]
-    out = []
-    for dt in dtypes:
-        elt = torch.finfo(_DTYPES[dt]).bits // 8
-        for mode in ("codes", "fwd", "fwd+bwd"):
-            for n in sizes:
-                moved = (n * d + k * d) * elt + n * 8 + (0 if mode == "codes" else n * d * elt)
-                if mode == "fwd+bwd":
-                    moved += 3 * n * d * elt + k * d * elt
-                out.append(Case(NAME, mode, {"N": n, "K": k, "D": d, "dtype": dt},
-                                flops=2.0 * n * k * d, bytes=float(moved), size=n))
+    out = [_case(mode, n, k, d, dt) for dt in dtypes for mode in ("codes", "fwd", "fwd+bwd") for n in sizes]
+    if device.type == "cuda":
+        if quick:
+            scale = [("codes", n, kk, dd) for n, kk, dd in QUICK_SCALE]
+        else:
+            scale = [(mode, n, kk, dd) for mode in ("codes", "fwd", "fwd+bwd")
+                     for kk in SCALE_K for dd in SCALE_D for n in SCALE_N]
+        seen = {(c.mode, c.params["N"], c.params["K"], c.params["D"], c.params["dtype"]) for c in out}
+        out += [_case(mode, n, kk, dd, "bf16") for mode, n, kk, dd in scale
+                if (mode, n, kk, dd, "bf16") not in seen]
     return out
 
 

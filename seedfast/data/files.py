@@ -9,7 +9,8 @@ Three layouts, each opened by :func:`open_image_captions`:
 * a JSONL file, one ``{"image": path, "caption": text}`` per line, paths relative to the
   JSONL's folder or absolute; blank lines are skipped.
 
-Images are decoded with Pillow, composited onto white where they have transparency, and
+Images are decoded with Pillow (every mode by its full range: 16-bit grayscale is scaled, not
+clipped; see :func:`decode_image`), composited onto white where they have transparency, and
 resized to exactly ``image_size × image_size`` (aspect ratio not kept, no crop; spec §2) with
 Pillow's bicubic filter by default, as SEED's ``ImageTokenizer.processor``; ``"bilinear"``
 matches its LLM-data transform. Captions are read as UTF-8 and stripped of surrounding white
@@ -32,6 +33,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +43,9 @@ from seedfast.data.samples import Batch, Sample, check_shard, collate
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 RESAMPLING = ("bicubic", "bilinear")
 _WHITE = (255, 255, 255)
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+"""Pillow modes whose samples exceed 8 bits: scaled by their range, never clipped."""
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 
 
 class DatasetError(ValueError):
@@ -59,6 +64,17 @@ class _Record:
 def decode_image(data: bytes | Path, name: str, image_size: int, resample: str = "bicubic") -> torch.Tensor:
     """Decode an image file (or its bytes) and resize it to ``image_size × image_size``.
 
+    Every Pillow mode is brought to 8-bit RGB by its full range, so that no mode clips:
+
+    * 8-bit modes (``1``, ``L``, ``P``, ``RGB``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ...)
+      through Pillow's own conversion;
+    * 16-bit grayscale (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``; 16-bit PNGs and TIFFs):
+      0–65535 → 0–255;
+    * 32-bit integer ``I``: read as 16-bit data (0–65535 → 0–255); other values are refused;
+    * 32-bit float ``F``: 0.0–1.0 → 0–255; other values (and NaN, inf) are refused;
+    * transparency (an alpha channel, or a transparent colour or palette entry) is composited
+      onto white.
+
     Parameters
     ----------
     data : bytes or Path
@@ -74,7 +90,8 @@ def decode_image(data: bytes | Path, name: str, image_size: int, resample: str =
     Raises
     ------
     DatasetError
-        The data is not an image Pillow can decode.
+        The data is not an image Pillow can decode, or its values lie outside its mode's range
+        (the message names the image and its mode).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -82,16 +99,53 @@ def decode_image(data: bytes | Path, name: str, image_size: int, resample: str =
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as opened:
             opened.load()
-            if opened.mode in ("RGBA", "LA", "PA") or "transparency" in opened.info:
-                image = Image.new("RGBA", opened.size, _WHITE + (255,))
-                image.alpha_composite(opened.convert("RGBA"))
-                image = image.convert("RGB")
-            else:
-                image = opened.convert("RGB")
+            image = _to_rgb(opened, name)
+    except DatasetError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"cannot decode image {name}: {error}") from None
     resized = image.resize((image_size, image_size), filters[resample])
     return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def _to_rgb(opened: Any, name: str) -> Any:
+    """A loaded Pillow image of any mode → 8-bit ``RGB`` (see :func:`decode_image`)."""
+    from PIL import Image
+
+    image = opened
+    transparency = opened.info.get("transparency")
+    if opened.mode in _WIDE_MODES:
+        values = np.asarray(opened)
+        gray = _wide_to_8bit(values, opened.mode, name)
+        image = Image.fromarray(gray, "L")
+        if transparency is not None and opened.mode != "F":
+            # A 16-bit PNG's transparent gray level (tRNS) is a value of the 16-bit samples.
+            alpha = np.where(values == transparency, 0, 255).astype(np.uint8)
+            image = Image.merge("LA", (image, Image.fromarray(alpha, "L")))
+        transparency = None
+    if image.mode in _ALPHA_MODES or transparency is not None:
+        rgba = Image.new("RGBA", image.size, _WHITE + (255,))
+        rgba.alpha_composite(image.convert("RGBA"))
+        return rgba.convert("RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError as error:
+        raise DatasetError(f"cannot decode image {name}: Pillow mode {opened.mode!r} has no conversion to "
+                           f"RGB ({error})") from None
+
+
+def _wide_to_8bit(values: np.ndarray, mode: str, name: str) -> np.ndarray:
+    """16/32-bit gray samples → uint8 by the mode's range; out-of-range data is refused by name."""
+    samples = values.astype(np.float64)
+    top, kind, expected = ((1.0, "32-bit float", "[0, 1]") if mode == "F" else
+                           (65535.0, "32-bit integer" if mode == "I" else "16-bit", "[0, 65535]"))
+    if not np.isfinite(samples).all():
+        raise DatasetError(f"image {name}: mode {mode!r} ({kind}) holds NaN or inf; expected values in {expected}")
+    low, high = (float(samples.min()), float(samples.max())) if samples.size else (0.0, 0.0)
+    if low < 0 or high > top:
+        raise DatasetError(f"image {name}: mode {mode!r} ({kind}) values span [{low:g}, {high:g}]; "
+                           f"expected {expected}")
+    return np.rint(samples * (255.0 / top)).astype(np.uint8)
 
 
 class ImageCaptionFiles:

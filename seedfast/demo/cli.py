@@ -3,7 +3,11 @@
 
 The user commands load the models a ``seedfast demo`` run wrote (``--demo DIR``, default
 ``seedfast-demo``); ``--tokenizer``, ``--detokenizer`` and ``--llm`` replace any of them by a
-checkpoint folder of the user's. Every bad input ends in a one-line error and exit status 2.
+checkpoint folder of the user's. With the released SEED folders (``--models DIR``, ``--vit``,
+``--text-tokenizer``, ``--template``, an LLM folder with its text tokenizer, a diffusers
+de-tokenizer, an official ``seed_quantizer.pt``, or no demo run to fall back on) the same
+commands run one :class:`~seedfast.pipeline.SeedPipeline` (:mod:`seedfast.demo.released`).
+Every bad input ends in a one-line error and exit status 2.
 """
 from __future__ import annotations
 
@@ -50,8 +54,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from seedfast.demo.pipeline import DemoError, run_demo
     from seedfast.demo.report import GOALS
 
-    if args.seed < 0:
-        raise CliError(f"--seed must be non-negative, got {args.seed}")
+    _check_seed(args)
     _require_diffusers()
     config = DemoConfig.quick() if args.quick else DemoConfig.full()
     try:
@@ -74,9 +77,72 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo", default=DEFAULT_OUT, metavar="DIR",
                    help=f"a `seedfast demo` output folder whose models to use (default: {DEFAULT_OUT})")
-    p.add_argument("--tokenizer", metavar="DIR", help="a SEED tokenizer folder (SeedTokenizer.save) instead")
-    p.add_argument("--detokenizer", metavar="DIR", help="a de-tokenizer folder (SeedDetokenizer.load) instead")
-    p.add_argument("--llm", metavar="DIR", help="a Hugging Face LLaMA folder over the demo vocabulary instead")
+    p.add_argument("--tokenizer", metavar="PATH",
+                   help="a SEED tokenizer folder (`seedfast convert` output), or the official seed_quantizer.pt "
+                        "(with --vit)")
+    p.add_argument("--detokenizer", metavar="DIR",
+                   help="a de-tokenizer folder: a diffusers unCLIP pipeline, or a PixelDetokenizer")
+    p.add_argument("--llm", metavar="DIR",
+                   help="a Hugging Face SEED-LLaMA folder (its text tokenizer too, unless --text-tokenizer), or an "
+                        "LLM over the demo vocabulary")
+    p.add_argument("--vit", metavar="FILE", help="eva_vit_g.pth, for an official seed_quantizer.pt")
+    p.add_argument("--text-tokenizer", metavar="DIR", help="the SEED-LLaMA text tokenizer folder (default: --llm)")
+    p.add_argument("--template", choices=["8b", "14b"],
+                   help="SEED-LLaMA's prompt template (default: inferred from the LLM's width)")
+    p.add_argument("--models", metavar="DIR",
+                   help="a folder whose seedfast-models.json names tokenizer, llm, detokenizer (and optionally "
+                        "text_tokenizer, vit, template), relative to it")
+    p.add_argument("--device", default=None, help="where the models run (default: cuda if available, else cpu)")
+
+
+def _released_parts(args: argparse.Namespace) -> dict[str, str | None] | None:
+    """The released folders the flags name, or None to use the demo's models (the old behaviour)."""
+    from seedfast.demo.models import MANIFEST_FILE
+    from seedfast.demo.pipeline import MODELS_DIR
+    from seedfast.demo.released import read_manifest
+
+    if args.models:
+        parts: dict[str, str | None] = dict(read_manifest(args.models))
+    else:
+        parts = {}
+    for key in ("tokenizer", "llm", "detokenizer", "text_tokenizer", "vit", "template"):
+        if getattr(args, key, None) is not None:
+            parts[key] = getattr(args, key)
+    root = Path(args.demo)
+    has_demo = (root / MANIFEST_FILE).is_file() or (root / MODELS_DIR / MANIFEST_FILE).is_file()
+    released_files = (
+        (parts.get("tokenizer") and Path(parts["tokenizer"]).is_file())
+        or (parts.get("llm") and any((Path(parts["llm"]) / f).is_file()
+                                     for f in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")))
+        or (parts.get("detokenizer") and (Path(parts["detokenizer"]) / "model_index.json").is_file()))
+    explicit = args.models or args.vit or args.text_tokenizer or args.template
+    if explicit or released_files or (parts and not has_demo):
+        return parts
+    return None
+
+
+def _device(args: argparse.Namespace) -> str:
+    """``--device``, else this process's GPU (``LOCAL_RANK`` under torchrun), else the CPU."""
+    import os
+
+    import torch
+
+    if args.device:
+        return args.device
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+
+
+def _pipeline(args: argparse.Namespace, parts: dict[str, str | None], *, llm: bool, detokenizer: bool) -> Any:
+    from seedfast.demo.released import load_pipeline
+
+    if detokenizer:
+        _require_diffusers()
+    return _run(load_pipeline, parts, device=_device(args), need_llm=llm, need_detokenizer=detokenizer)
+
+
+def _check_seed(args: argparse.Namespace) -> None:
+    if not 0 <= args.seed < 2**63:
+        raise CliError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
 
 
 def _models(args: argparse.Namespace) -> Any:
@@ -116,21 +182,26 @@ def add_tokenize_parser(sub: Any) -> argparse.ArgumentParser:
 def _cmd_tokenize(args: argparse.Namespace) -> int:
     from seedfast.demo import commands
 
-    models = _models(args)
-    codes = _run(commands.tokenize, models, args.images)
+    parts = _released_parts(args)
+    if parts is not None:
+        from seedfast.demo.released import read_rgb
+
+        pipe = _pipeline(args, parts, llm=False, detokenizer=False)
+        codes = [pipe.tokenize(_run(read_rgb, path))[0].tolist() for path in args.images]
+    else:
+        codes = _run(commands.tokenize, _models(args), args.images)
     print(commands.format_codes(args.images, codes, as_json=args.json))
     return 0
 
 
-def _add_output_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="where to write the image")
+def _add_output_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("-o", "--output", required=required, metavar="OUT.png", help="where to write the image")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampling (default 0)")
     p.add_argument("--scale", type=int, default=1, help="enlarge the PNG this many times (nearest neighbour)")
 
 
 def _check_output_flags(args: argparse.Namespace) -> None:
-    if args.seed < 0:
-        raise CliError(f"--seed must be non-negative, got {args.seed}")
+    _check_seed(args)
     if not 1 <= args.scale <= 64:
         raise CliError(f"--scale must be in [1, 64], got {args.scale}")
 
@@ -152,9 +223,21 @@ def _cmd_detokenize(args: argparse.Namespace) -> int:
     from seedfast.demo import commands
 
     _check_output_flags(args)
-    models = _models(args)
-    path = _run(commands.detokenize, models, args.codes, args.output, index=args.index, seed=args.seed,
-                scale=args.scale)
+    parts = _released_parts(args)
+    if parts is not None:
+        import torch
+
+        pipe = _pipeline(args, parts, llm=False, detokenizer=True)
+        out = _run(commands.output_path, args.output)
+        codes = _run(commands.read_codes, args.codes, index=args.index, codes_per_image=32,
+                     num_codes=pipe.tokenizer.config.codebook_size)
+        image = pipe.detokenize(torch.tensor([codes]), seed=[args.seed])[0]
+        from seedfast.demo.images import save_png
+
+        path = save_png(image, out, scale=args.scale)
+    else:
+        path = _run(commands.detokenize, _models(args), args.codes, args.output, index=args.index, seed=args.seed,
+                    scale=args.scale)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -165,8 +248,15 @@ def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
                        description="SEED-LLaMA writes 32 codes for the caption; the de-tokenizer draws them. The "
                                    "demo models know the procedural captions' words, e.g. "
                                    '"a large red circle on the left".')
-    p.add_argument("caption", help="the caption")
-    _add_output_flags(p)
+    p.add_argument("caption", nargs="?", help="the caption (or --prompts FILE)")
+    p.add_argument("--prompts", metavar="FILE.jsonl",
+                   help='batch mode (released models): one JSON request per line, {"prompt": ..., "seed"?, '
+                        '"image"?, "temperature"?, "top_k"?, "top_p"?, "max_new_tokens"?}; a request with an image '
+                        "is answered in text, one without is drawn; under torchrun the requests are sharded")
+    p.add_argument("--out", metavar="DIR", help="batch mode: where NNNNN.png / NNNNN.txt and results.jsonl go")
+    p.add_argument("--batch-size", type=int, default=8, help="batch mode: requests per batch (default 8)")
+    p.add_argument("--no-progress", action="store_true", help="batch mode: no progress bar or throughput line")
+    _add_output_flags(p, required=False)
     _add_model_flags(p)
     p.set_defaults(func=_cmd_generate)
     return p
@@ -176,10 +266,46 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from seedfast.demo import commands
 
     _check_output_flags(args)
-    models = _models(args)
-    path, codes = _run(commands.generate_image, models, args.caption, args.output, seed=args.seed, scale=args.scale)
+    if args.prompts is not None:
+        return _generate_batch(args)
+    if args.caption is None or args.output is None:
+        raise CliError("give a caption and -o OUT.png, or --prompts FILE.jsonl --out DIR")
+    parts = _released_parts(args)
+    if parts is not None:
+        pipe = _pipeline(args, parts, llm=True, detokenizer=True)
+        out = _run(commands.output_path, args.output)
+        try:
+            codes_t, images = pipe.text_to_image(args.caption, seed=args.seed)
+        except ValueError as err:
+            raise CliError(" ".join(str(err).split())) from None
+        from seedfast.demo.images import save_png
+
+        path, codes = save_png(images[0], out, scale=args.scale), codes_t[0].tolist()
+    else:
+        path, codes = _run(commands.generate_image, _models(args), args.caption, args.output, seed=args.seed,
+                           scale=args.scale)
     print(f"codes: {' '.join(map(str, codes))}", file=sys.stderr)
     print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _generate_batch(args: argparse.Namespace) -> int:
+    from seedfast.demo.released import read_requests, run_requests
+
+    if args.out is None:
+        raise CliError("--prompts needs --out DIR")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out}: exists and is not a folder")
+    parts = _released_parts(args)
+    if parts is None:
+        raise CliError("--prompts runs the released models: give --models DIR or --tokenizer/--llm/--detokenizer")
+    requests = _run(read_requests, args.prompts, default_seed=args.seed)
+    pipe = _pipeline(args, parts, llm=True, detokenizer=any(r.image is None for r in requests))
+    results = _run(run_requests, pipe, requests, out, batch_size=args.batch_size, progress=not args.no_progress)
+    print(f"wrote {results}", file=sys.stderr)
     return 0
 
 
@@ -189,6 +315,10 @@ def add_caption_parser(sub: Any) -> argparse.ArgumentParser:
                        description="Caption each image: its 32 codes, then SEED-LLaMA's text.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any size; resized)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampling when it is not greedy (default 0)")
+    p.add_argument("--question", help="released models: ask this about each image instead of a plain caption")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="released models: longest answer (default: the LLM's generation_config.json, else 120); "
+                        "an answer cut there is reported")
     _add_model_flags(p)
     p.set_defaults(func=_cmd_caption)
     return p
@@ -197,10 +327,28 @@ def add_caption_parser(sub: Any) -> argparse.ArgumentParser:
 def _cmd_caption(args: argparse.Namespace) -> int:
     from seedfast.demo import commands
 
-    if args.seed < 0:
-        raise CliError(f"--seed must be non-negative, got {args.seed}")
-    models = _models(args)
-    captions = _run(commands.caption, models, args.images, seed=args.seed)
+    _check_seed(args)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise CliError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    parts = _released_parts(args)
+    if parts is not None:
+        from seedfast.demo.released import read_rgb
+
+        pipe = _pipeline(args, parts, llm=True, detokenizer=False)
+        captions = []
+        try:
+            for i, path in enumerate(args.images):
+                out = pipe.answer(_run(read_rgb, path), args.question, seed=args.seed + i,
+                                  max_new_tokens=args.max_new_tokens)[0]
+                captions.append(out.text_segments[0].strip())
+                if out.finish_reason == "length":
+                    limit = args.max_new_tokens or pipe.sampling.max_new_tokens
+                    print(f"seedfast caption: note: {path}: the answer reached max_new_tokens={limit} and is cut "
+                          "there; pass --max-new-tokens to allow more", file=sys.stderr)
+        except ValueError as err:
+            raise CliError(" ".join(str(err).split())) from None
+    else:
+        captions = _run(commands.caption, _models(args), args.images, seed=args.seed)
     for path, text in zip(args.images, captions):
         print(text if len(args.images) == 1 else f"{path}: {text}")
     return 0

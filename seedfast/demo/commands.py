@@ -96,8 +96,17 @@ def read_codes(path: str | Path, *, index: int | None, codes_per_image: int, num
     return codes
 
 
-def _output_path(path: str | Path) -> Path:
+def output_path(path: str | Path) -> Path:
+    """``-o``: a ``.png`` name in an existing folder, not a directory.
+
+    Raises
+    ------
+    CommandError
+        Naming the path and what is expected.
+    """
     out = Path(path)
+    if out.is_dir():
+        raise CommandError(f"-o {out}: is a directory; give a file name ending in .png")
     if out.suffix.lower() != ".png":
         raise CommandError(f"-o {out}: the output is a PNG; give a name ending in .png")
     if out.parent != Path("") and not out.parent.is_dir():
@@ -108,7 +117,7 @@ def _output_path(path: str | Path) -> Path:
 def detokenize(models: DemoModels, codes_json: str | Path, output: str | Path, *, index: int | None = None,
                seed: int = 0, scale: int = 1) -> Path:
     """Decode one image's codes to a PNG; return its path."""
-    out = _output_path(output)
+    out = output_path(output)
     vocab = models.vocab
     codes = read_codes(codes_json, index=index, codes_per_image=vocab.codes_per_image,
                        num_codes=models.tokenizer.config.codebook_size)
@@ -119,7 +128,7 @@ def detokenize(models: DemoModels, codes_json: str | Path, output: str | Path, *
 def generate_image(models: DemoModels, caption: str, output: str | Path, *, seed: int = 0,
                    scale: int = 1) -> tuple[Path, list[int]]:
     """Draw a caption with SEED-LLaMA and the de-tokenizer; return the PNG's path and the codes."""
-    out = _output_path(output)
+    out = output_path(output)
     try:
         models.caption_ids(caption)
     except ValueError as err:

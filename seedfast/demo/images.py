@@ -35,17 +35,37 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return image.detach().cpu().permute(1, 2, 0).numpy()
 
 
-def save_png(image: torch.Tensor, path: str | Path, *, scale: int = 1) -> Path:
-    """Write one image as a PNG, enlarged ``scale`` times; return the path."""
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An ``[H, W, 3]`` uint8 array encoded as PNG."""
+    import io
+
     from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def save_png(image: torch.Tensor, path: str | Path, *, scale: int = 1) -> Path:
+    """Write one image as a PNG, enlarged ``scale`` times, atomically (a failed write leaves no partial file).
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    OSError
+        Of the failing write (read-only folder, disk full, a directory at ``path``).
+    """
+    from seedfast.checkpoint_io import save_bytes
 
     pixels = to_uint8(image)
     if scale > 1:
         pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path
+    return save_bytes(path, png_bytes(pixels))
 
 
 def image_grid(
@@ -113,13 +133,13 @@ def save_grid(
     column_labels: Sequence[str] = (),
     row_labels: Sequence[str] = (),
 ) -> Path:
-    """:func:`image_grid` written as a PNG; return the path."""
-    from PIL import Image
+    """:func:`image_grid` written as a PNG, atomically; return the path."""
+    from seedfast.checkpoint_io import save_bytes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(rows, scale=scale, column_labels=column_labels, row_labels=row_labels)).save(path)
-    return path
+    return save_bytes(path, png_bytes(image_grid(rows, scale=scale, column_labels=column_labels,
+                                                 row_labels=row_labels)))
 
 
 def read_image(path: str | Path, image_size: int) -> torch.Tensor:

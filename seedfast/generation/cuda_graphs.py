@@ -113,6 +113,8 @@ class RowSettings:
     top_p: Sequence[float]
     seed: Sequence[int]
     eos: Sequence[int]
+    stream: Sequence[int] | None = None
+    """The sampler's per-row stream ids (default the row index, as the sampler's)."""
 
 
 def _weights_key(model: Llama) -> tuple:
@@ -225,7 +227,8 @@ class DecodeRunner:
         for buffer, values, idle in ((st.limits, rows.limits, 0), (st.eos, rows.eos, -1),
                                      (sampler.image_pos, rows.image_pos, -1), (sampler.seed, rows.seed, 0),
                                      (sampler.temperature, rows.temperature, 0.0), (sampler.top_k, rows.top_k, 0),
-                                     (sampler.top_p, rows.top_p, 1.0)):
+                                     (sampler.top_p, rows.top_p, 1.0),
+                                     (sampler.stream, range(n) if rows.stream is None else rows.stream, 0)):
             buffer.fill_(idle)
             buffer[:n].copy_(torch.tensor(list(values), dtype=buffer.dtype))
         st.done[:n] = False

@@ -30,7 +30,6 @@ from seedfast.models.llama import Llama
 from seedfast.models.seed_llama import (
     IMAGE_PLACEHOLDER,
     PromptTemplate,
-    SeedLlamaTokenizer,
     fill_image_slots,
     get_template,
     open_image_codes,
@@ -38,6 +37,7 @@ from seedfast.models.seed_llama import (
     seed_llama_vocab,
     split_generated,
 )
+from seedfast.models.seed_llama_tokenizer import SeedLlamaTokenizer
 from seedfast.ops.constrained_sample import VisualVocab, raise_on_flags
 
 
@@ -118,6 +118,38 @@ def _per_row(name: str, value, n: int, ok: Callable[[object], bool], expected: s
     return values
 
 
+def _is_int64(v: object) -> bool:
+    return is_int(v) and -(2**63) <= v < 2**63
+
+
+def check_context(prompt_ids: Sequence[Sequence[int]], limits: Sequence[int], context: int,
+                  codes_per_image: int) -> None:
+    """Raise unless every prompt plus its ``max_new_tokens`` (and an image's worth to finish one) fits the context.
+
+    Parameters
+    ----------
+    prompt_ids : sequence of sequences of int
+    limits : sequence of int
+        Each row's ``max_new_tokens``.
+    context : int
+        The model's trained context (``LlamaConfig.max_seq_len``).
+    codes_per_image : int
+        A limit that falls inside an image lets it finish: up to ``codes_per_image + 1`` more tokens.
+
+    Raises
+    ------
+    ValueError
+        Naming the row, its prompt length, its ``max_new_tokens`` and the context.
+    """
+    for i, (p, limit) in enumerate(zip(prompt_ids, limits)):
+        need = len(p) + limit + codes_per_image + 1
+        if need > context:
+            raise ValueError(f"generate: prompts[{i}] has {len(p)} tokens and max_new_tokens={limit} (plus up to "
+                             f"{codes_per_image + 1} to finish an image): {need} positions, beyond the model's "
+                             f"context of {context}; shorten the prompt or lower max_new_tokens to at most "
+                             f"{max(context - len(p) - codes_per_image - 1, 0)}")
+
+
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -153,6 +185,14 @@ def _encode_images(rows: list[list[torch.Tensor]], image_tokenizer: ImageTokeniz
     codes: list[list[list[int] | None]] = [[None if t.is_floating_point() else t.tolist() for t in row] for row in rows]
     if pixels and image_tokenizer is None:
         raise ValueError("generate: images given as pixels need image_tokenizer= (a SEED tokenizer with encode())")
+    for r, j, t in pixels:
+        low, high = float(t.min()), float(t.max())
+        # CLIP-normalised pixels lie in about [-1.8, 2.2]; beyond ±3 they are raw 0-255 values.
+        if low < -3.0 or high > 3.0:
+            raise ValueError(f"generate: images[{r}][{j}] has values in [{low:.3g}, {high:.3g}]: float images go to "
+                             "image_tokenizer.encode as they are and must be its normalised input (CLIP mean/std); "
+                             "give raw pixels (PIL, uint8, float in [0, 1]) to seedfast.pipeline.SeedPipeline, "
+                             "which normalises them, or give codes")
     by_shape: dict[tuple, list[tuple[int, int, torch.Tensor]]] = {}
     for item in pixels:
         by_shape.setdefault(tuple(item[2].shape), []).append(item)
@@ -202,6 +242,7 @@ def generate(
     top_k: int | Sequence[int] = 50,
     top_p: float | Sequence[float] = 0.5,
     seed: int | Sequence[int] = 0,
+    stream: int | Sequence[int] | None = None,
     ignore_eos: bool = False,
     use_cuda_graphs: bool | None = None,
     attention: str = "auto",
@@ -220,7 +261,9 @@ def generate(
         scripts). Id lists are used as they are (give the bos yourself).
     images : sequence, optional
         Per prompt: None, a tensor or a list of tensors; each image is pixels ``[3, H, W]``
-        (float, encoded with ``image_tokenizer``) or codes ``[codes_per_image]`` (int64); a
+        (float, the image tokenizer's normalised input, encoded with ``image_tokenizer``; values
+        beyond ±3, i.e. raw 0–255 pixels, are refused: :class:`seedfast.pipeline.SeedPipeline`
+        takes raw pixels and normalises them) or codes ``[codes_per_image]`` (int64); a
         float ``[n, 3, H, W]`` or int ``[n, codes_per_image]`` tensor holds n images. Each image
         becomes ``<img>`` + codes + ``</img>`` at the next ``<image>`` placeholder of a string
         prompt (at its start when it has none), or in the next empty ``<img></img>`` pair of an
@@ -240,7 +283,12 @@ def generate(
     temperature, top_k, top_p, seed : scalar or one per prompt
         As :func:`seedfast.ops.constrained_sample` (``temperature=0``: greedy). The defaults
         are the official scripts' (temperature 1, top-p 0.5, transformers' implicit top-k 50).
-        Row ``b``'s draws depend on ``(seed[b], step, b)``.
+        Seeds are int64 (``[-2**63, 2**63)``). Row ``b``'s draws depend on
+        ``(seed[b], step, stream[b])``.
+    stream : int or one per prompt, optional
+        The sampler's random stream ids (:func:`seedfast.ops.constrained_sample`); default the
+        row index. Give each request its own seed and ``stream=0``: its tokens then do not
+        depend on its batch or row (batch invariance).
     ignore_eos : bool
         Run every row to its limit (benchmarks).
     use_cuda_graphs : bool, optional
@@ -263,8 +311,9 @@ def generate(
     Raises
     ------
     ValueError
-        Bad arguments (named), prompts that break the image grammar, vocab mismatches, or (with
-        ``check``) sampler errors.
+        Bad arguments (named), prompts that break the image grammar, vocab mismatches, a prompt
+        plus ``max_new_tokens`` beyond the model's context (``model.config.max_seq_len``), or
+        (with ``check``) sampler errors.
     """
     if isinstance(prompts, str):
         raise ValueError("generate: prompts must be a sequence of prompts, got one string; wrap it in a list")
@@ -289,7 +338,9 @@ def generate(
     temps = _per_row("temperature", temperature, n, lambda v: _is_number(v) and v >= 0, "a finite number >= 0")
     top_ks = _per_row("top_k", top_k, n, is_int, "an int")
     top_ps = _per_row("top_p", top_p, n, lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]")
-    seeds = _per_row("seed", seed, n, is_int, "an int")
+    seeds = _per_row("seed", seed, n, _is_int64, "an int in [-2**63, 2**63) (int64)")
+    streams = None if stream is None else _per_row("stream", stream, n, _is_int64,
+                                                  "an int in [-2**63, 2**63) (int64)")
 
     codes = _encode_images(_images_per_row(images, n), image_tokenizer, vocab)
     ids = [_prompt_ids(p, codes[i], i, tokenizer, template, vocab, model.config.vocab_size)
@@ -299,12 +350,13 @@ def generate(
     except ValueError as err:
         raise ValueError(f"generate: {err}") from err
 
+    check_context(ids, limits, model.config.max_seq_len, vocab.codes_per_image)
     need = max(map(len, ids)) + max(limits) + vocab.codes_per_image
     runner = decode_runner(model, vocab, batch_size=n, max_seq_len=need, use_cuda_graphs=use_cuda_graphs,
                            attention=attention)
     eos = -1 if ignore_eos else vocab.eos_id
     runner.start(ids, RowSettings(image_pos=positions, limits=limits, temperature=temps, top_k=top_ks, top_p=top_ps,
-                                  seed=seeds, eos=[eos] * n))
+                                  seed=seeds, eos=[eos] * n, stream=streams))
     _decode_loop(runner, limits, ignore_eos, stop_check_every, on_token, progress, vocab.codes_per_image)
     tokens, flags = runner.collect()
     if check:
@@ -365,4 +417,4 @@ def _outputs(ids, tokens, flags, eos, vocab, tokenizer, image_tokenizer, detoken
     return results
 
 
-__all__ = ["GenerationOutput", "ImageDetokenizer", "ImageTokenizer", "TokenCallback", "generate"]
+__all__ = ["check_context", "GenerationOutput", "ImageDetokenizer", "ImageTokenizer", "TokenCallback", "generate"]

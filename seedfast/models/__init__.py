@@ -14,7 +14,7 @@ _EXPORTS = {
     "LlamaConfig": "seedfast.models.llama_config",
     "KVCache": "seedfast.models.kv_cache",
     "save_hf": "seedfast.models.llama_hf",
-    "SeedLlamaTokenizer": "seedfast.models.seed_llama",
+    "SeedLlamaTokenizer": "seedfast.models.seed_llama_tokenizer",
     "SeedDetokenizer": "seedfast.models.detokenizer",
     "UnclipDetokenizer": "seedfast.models.unclip_detokenizer",
     "PixelDetokenizer": "seedfast.models.pixel_detokenizer",

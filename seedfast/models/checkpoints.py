@@ -24,7 +24,9 @@ refused, naming it. Version 1 directories (no checksums) still load, with a warn
 from __future__ import annotations
 
 import logging
+import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,19 +101,44 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     ------
     FileNotFoundError
         No such file.
+    CheckpointError
+        The file is empty, truncated, not a PyTorch file, or holds Python objects other than
+        tensors (the file named; never unpickled beyond what ``weights_only`` allows).
     TypeError
         The file does not hold a mapping of names to tensors.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    data = torch.load(path, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(path))
+    # torch warns about pickle protocols while failing on a foreign file: the error below
+    # says it in one line, and a good file's warnings are passed on.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            data = torch.load(path, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(path))
+        except Exception as err:  # noqa: BLE001 - each kind of damage raises another type
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {_load_failure(path, err)}") from None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(data, Mapping):
         raise TypeError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(data).__name__}")
     bad = [k for k, v in data.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
     if bad:
         raise TypeError(f"{path}: expected a state dict of tensors; entries that are not: {bad[:_MAX_LISTED]}")
     return dict(data)
+
+
+def _load_failure(path: Path, err: Exception) -> str:
+    """Why ``torch.load`` failed, in words that never advise ``weights_only=False``: torch's own
+    message for a refused pickle does, and for a file from the internet that runs its code."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if isinstance(err, pickle.UnpicklingError):
+        return ("not a file written by torch.save, or it holds Python objects besides tensors "
+                "(such files are not unpickled)")
+    lines = str(err).strip().splitlines()
+    detail = lines[0] if lines and "weights_only" not in str(err) else ""
+    return f"{type(err).__name__}{': ' + detail if detail else ''} (truncated, or not written by torch.save?)"
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:

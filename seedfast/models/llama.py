@@ -9,6 +9,12 @@ Three ways through the same layers:
   SDPA over the cache or ``flash_attn_with_kvcache``. Static shapes, no host synchronisation, so a
   CUDA graph can capture it (:mod:`seedfast.generation.cuda_graphs`).
 
+Around the GEMMs, every path runs three fused ops (:mod:`seedfast.ops`): ``add_rms_norm`` (each
+residual add with the norm that follows it), ``silu_mul`` (SwiGLU) and, in a decode step,
+``rope_kv_write`` (the rotation of q and k with the cache write). ``backend="auto"`` runs their
+Triton kernels on CUDA when no gradient is recorded and their torch references otherwise, which
+compute exactly what the unfused layers computed: CPU numerics are those of plain torch.
+
 The shape is a :class:`~seedfast.models.llama_config.LlamaConfig` (re-exported here). Inside,
 q/k/v and gate/up are fused into one matrix each (one GEMM instead of three, or two), and the
 rotary embedding uses HF's "rotate half" layout, so Hugging Face weights load by key name with no
@@ -30,11 +36,18 @@ from torch import nn
 from seedfast._lazy import moved_names
 from seedfast.models.kv_cache import KVCache
 from seedfast.models.llama_config import SEED_LLAMA_VOCAB, LlamaConfig, RopeScaling
+from seedfast.ops._inference import INFERENCE_BACKENDS
+from seedfast.ops.add_rms_norm import add_rms_norm
+from seedfast.ops.rope_kv_write import rope_kv_write, rope_rotate
+from seedfast.ops.silu_mul import silu_mul
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "flash")
 
 RopeTable = tuple[torch.Tensor, torch.Tensor]
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# ``mix(i, qkv)``: layer i's fused projection ``[..., (H + 2·Hkv)·D]`` → attention output ``[..., H, D]``
+# (rotary embedding, cache write and attention: what differs between forward, prefill and decode).
+Mix = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,11 +90,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate ``x [..., H, D]`` by per-token ``cos, sin [..., D]`` (from :func:`rope_table`), in float32.
 
     ``[x1, x2] → [x1 cos - x2 sin, x2 cos + x1 sin]``, HF's "rotate half" layout, in five
-    kernels (a decode step runs it once per layer for q and k together).
+    kernels: the path of ``forward`` and ``prefill``; a decode step fuses it with the cache
+    write (:func:`seedfast.ops.rope_kv_write`, whose reference is this same computation).
     """
-    x32 = x.float()
-    c, s = cos[..., None, :], sin[..., None, :]
-    return torch.addcmul(x32 * c, x32.roll(x.shape[-1] // 2, -1), s).to(x.dtype)
+    return rope_rotate(x, cos, sin)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +117,7 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Fused q/k/v projection and rotary embedding; the attention itself is the caller's ``attend``."""
+    """Fused q/k/v projection and the output projection; rotation, cache and attention are the caller's ``mix``."""
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
@@ -113,15 +125,9 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(config.dim, (config.n_heads + 2 * config.n_kv_heads) * config.head_dim, bias=False)
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Callable) -> torch.Tensor:
-        lead = x.shape[:-1]
-        hq, hkv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        qk, v = self.wqkv(x).split([hq + hkv, hkv], dim=-1)
-        # q and k sit side by side in the fused projection: one rotation covers both.
-        qk = apply_rope(qk.view(*lead, self.n_heads + self.n_kv_heads, self.head_dim), cos, sin)
-        q, k = qk.split([self.n_heads, self.n_kv_heads], dim=-2)
-        v = v.view(*lead, self.n_kv_heads, self.head_dim)
-        return self.wo(attend(q, k, v).reshape(*lead, hq))
+    def forward(self, x: torch.Tensor, mix: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``x [..., dim]`` → ``[..., dim]``; ``mix(qkv)`` rotates, caches and attends (see :data:`Mix`)."""
+        return self.wo(mix(self.wqkv(x)).reshape(*x.shape[:-1], self.n_heads * self.head_dim))
 
 
 class FeedForward(nn.Module):
@@ -132,12 +138,17 @@ class FeedForward(nn.Module):
         self.w13 = nn.Linear(config.dim, 2 * config.intermediate_size, bias=False)
         self.w2 = nn.Linear(config.intermediate_size, config.dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x).chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        return self.w2(silu_mul(self.w13(x), backend=backend))
 
 
 class TransformerBlock(nn.Module):
+    """Pre-norm attention and feed-forward, each added to the residual stream.
+
+    The residual stream travels as ``(x, delta)`` with ``x + delta`` its value: each add is
+    left to the norm that reads its result, so one ``add_rms_norm`` does both.
+    """
+
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
@@ -145,13 +156,36 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Callable) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, attend)
-        return x + self.feed_forward(self.ffn_norm(x))
+    def forward(self, x: torch.Tensor, delta: torch.Tensor | None, mix: Callable[[torch.Tensor], torch.Tensor],
+                backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, delta)`` in (``delta=None``: nothing pending) → ``(x', delta')`` out, ``[..., dim]`` each."""
+        h, x = _add_norm(self.attention_norm, x, delta, backend)
+        h, x = add_rms_norm(self.attention(h, mix), x, self.ffn_norm.weight, self.ffn_norm.eps, backend=backend)
+        return x, self.feed_forward(h, backend)
+
+
+def _add_norm(norm: RMSNorm, x: torch.Tensor, delta: torch.Tensor | None,
+              backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(norm(x + delta), x + delta)``; with no ``delta``, ``(norm(x), x)``."""
+    if delta is None:
+        return norm(x), x
+    return add_rms_norm(delta, x, norm.weight, norm.eps, backend=backend)
 
 
 # ---------------------------------------------------------------------------------------------
-# Attention paths. Each ``attend(q, k, v)`` gets rotated q [..., H, D] and k, v [..., Hkv, D].
+# Attention paths. Each ``attend(i, q, k, v)`` gets rotated q [..., H, D] and k, v [..., Hkv, D].
+
+
+def _rope_attend(i: int, qkv: torch.Tensor, *, attend: Attend, cos: torch.Tensor, sin: torch.Tensor,
+                 n_heads: int, n_kv_heads: int) -> torch.Tensor:
+    """The :data:`Mix` of ``forward`` and ``prefill``: split, rotate (unfused), then ``attend``."""
+    lead = qkv.shape[:-1]
+    d = qkv.shape[-1] // (n_heads + 2 * n_kv_heads)
+    qk, v = qkv.split([(n_heads + n_kv_heads) * d, n_kv_heads * d], dim=-1)
+    # q and k sit side by side in the fused projection: one rotation covers both.
+    qk = apply_rope(qk.view(*lead, n_heads + n_kv_heads, d), cos, sin)
+    q, k = qk.split([n_heads, n_kv_heads], dim=-2)
+    return attend(i, q, k, v.view(*lead, n_kv_heads, d))
 
 
 @functools.cache
@@ -234,29 +268,37 @@ class Llama(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.output.weight.dtype
 
-    def _layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
+    def _layers(self, x: torch.Tensor, mix: Mix, backend: str) -> torch.Tensor:
+        delta = None
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, functools.partial(attend, i))
-        return self.norm(x)
+            x, delta = layer(x, delta, functools.partial(mix, i), backend)
+        return _add_norm(self.norm, x, delta, backend)[0]
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _rope_mix(self, attend: Attend, cos: torch.Tensor, sin: torch.Tensor) -> Mix:
+        return functools.partial(_rope_attend, attend=attend, cos=cos, sin=sin, n_heads=self.config.n_heads,
+                                 n_kv_heads=self.config.n_kv_heads)
+
+    def forward(self, tokens: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
         """Causal pass without a cache.
 
         Parameters
         ----------
         tokens : LongTensor ``[B, P]``
+        backend : {"auto", "triton", "torch"}
+            The fused ops' implementation (``add_rms_norm``, ``silu_mul``).
 
         Returns
         -------
         Tensor ``[B, P, vocab_size]`` in the model dtype
         """
         _check_tokens("Llama.forward", tokens, 2, self.config.vocab_size)
+        _check_backend("Llama.forward", backend)
         cos, sin = rope_table(self.config, tokens.shape[1], tokens.device)
-        h = self._layers(self.tok_embeddings(tokens), cos, sin, lambda i, q, k, v: _causal_sdpa(q, k, v))
-        return self.output(h)
+        mix = self._rope_mix(lambda i, q, k, v: _causal_sdpa(q, k, v), cos, sin)
+        return self.output(self._layers(self.tok_embeddings(tokens), mix, backend))
 
     def prefill(self, tokens: torch.Tensor, lengths: Sequence[int], cache: KVCache, rope: RopeTable, *,
-                attention: str = "sdpa") -> torch.Tensor:
+                attention: str = "sdpa", backend: str = "auto") -> torch.Tensor:
         """Run right-padded prompts into rows ``0 .. B-1`` of ``cache``; logits of each row's last token.
 
         Row ``b``'s keys and values land at positions ``0 .. lengths[b] - 1`` and
@@ -271,6 +313,8 @@ class Llama(nn.Module):
         cache : KVCache with at least B rows and P positions
         rope : RopeTable covering P positions
         attention : {"sdpa", "flash"}
+        backend : {"auto", "triton", "torch"}
+            The fused ops' implementation (``add_rms_norm``, ``silu_mul``).
 
         Returns
         -------
@@ -283,6 +327,7 @@ class Llama(nn.Module):
         """
         op = "Llama.prefill"
         _check_tokens(op, tokens, 2, self.config.vocab_size)
+        _check_backend(op, backend)
         b, p = tokens.shape
         lengths = [int(n) for n in lengths]
         if len(lengths) != b or not all(1 <= n <= p for n in lengths):
@@ -301,11 +346,11 @@ class Llama(nn.Module):
             pos = torch.arange(p, device=dev)[None, :].expand(b, p)[keep]
             cu = F.pad(lengths_t.cumsum(0, dtype=torch.int32), (1, 0))
             attend = functools.partial(_prefill_varlen, cache=cache, rows=rows, pos=pos, cu=cu, max_len=max(lengths))
-            h = self._layers(self.tok_embeddings(flat), rope[0][pos], rope[1][pos], attend)
+            h = self._layers(self.tok_embeddings(flat), self._rope_mix(attend, rope[0][pos], rope[1][pos]), backend)
             last = h[cu[1:].long() - 1]
         elif attention == "sdpa":
             attend = functools.partial(_prefill_padded, cache=cache)
-            h = self._layers(self.tok_embeddings(tokens), rope[0][:p], rope[1][:p], attend)
+            h = self._layers(self.tok_embeddings(tokens), self._rope_mix(attend, rope[0][:p], rope[1][:p]), backend)
             last = h[torch.arange(b, device=dev), lengths_t.long() - 1]
         else:
             raise ValueError(f"{op}: attention must be 'sdpa' or 'flash', got {attention!r}")
@@ -313,7 +358,7 @@ class Llama(nn.Module):
         return self.output(last)
 
     def decode(self, tokens: torch.Tensor, cache: KVCache, rope: RopeTable, *, seq_len: int | None = None,
-               attention: str = "sdpa") -> torch.Tensor:
+               attention: str = "sdpa", backend: str = "auto") -> torch.Tensor:
         """One token per row: write its key/value at ``cache.lengths[b]`` and attend to ``0 .. lengths[b]``.
 
         ``cache.lengths`` is read, not advanced (the caller decides which rows advance). No host
@@ -329,26 +374,31 @@ class Llama(nn.Module):
             Every ``cache.lengths[b]`` must be below it.
         attention : {"sdpa", "flash"}
             ``"flash"`` uses ``flash_attn_with_kvcache``, which reads only each row's valid prefix.
+        backend : {"auto", "triton", "torch"}
+            The fused ops' implementation (``rope_kv_write``, ``add_rms_norm``, ``silu_mul``).
 
         Returns
         -------
         Tensor ``[B, vocab_size]`` in the model dtype
         """
+        _check_backend("Llama.decode", backend)
         b = tokens.shape[0]
         s = cache.max_seq_len if seq_len is None else seq_len
-        positions = cache.lengths[:b].long()
-        cos, sin = rope[0][positions], rope[1][positions]
+        positions = cache.lengths[:b]
         if attention == "flash":
-            attend = functools.partial(_decode_flash, cache=cache, seqlens=cache.lengths[:b])
+            # The cache already holds the new token when flash-attn runs: it attends to lengths + 1.
+            mix = functools.partial(_decode_flash, cache=cache, rope=rope, positions=positions,
+                                    seqlens=positions + 1, backend=backend)
         elif attention == "sdpa":
             # Additive, in the model dtype, built once per step rather than converted in every layer.
             beyond = torch.arange(s, device=tokens.device)[None, :] > positions[:, None]
             mask = torch.zeros(beyond.shape, dtype=self.dtype, device=tokens.device).masked_fill_(beyond, -math.inf)
             mask = mask[:, None, None, :]
-            attend = functools.partial(_decode_padded, cache=cache, positions=positions, seq_len=s, mask=mask)
+            mix = functools.partial(_decode_padded, cache=cache, rope=rope, positions=positions, seq_len=s, mask=mask,
+                                    backend=backend)
         else:
             raise ValueError(f"Llama.decode: attention must be 'sdpa' or 'flash', got {attention!r}")
-        return self.output(self._layers(self.tok_embeddings(tokens), cos, sin, attend))
+        return self.output(self._layers(self.tok_embeddings(tokens), mix, backend))
 
     # -- Hugging Face checkpoints ------------------------------------------------------------
 
@@ -388,24 +438,21 @@ def _prefill_varlen(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     return flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, causal=True)
 
 
-def _decode_padded(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, cache: KVCache,
-                   positions: torch.Tensor, seq_len: int, mask: torch.Tensor) -> torch.Tensor:
-    b = q.shape[0]
-    k_cache, v_cache = cache.k[i, :b], cache.v[i, :b]
-    rows = torch.arange(b, device=q.device)
-    k_cache[rows, positions] = k
-    v_cache[rows, positions] = v
-    return _decode_sdpa(q, k_cache[:, :seq_len], v_cache[:, :seq_len], mask)
+def _decode_padded(i: int, qkv: torch.Tensor, *, cache: KVCache, rope: RopeTable, positions: torch.Tensor,
+                   seq_len: int, mask: torch.Tensor, backend: str) -> torch.Tensor:
+    b = qkv.shape[0]
+    q = rope_kv_write(qkv, rope[0], rope[1], positions, cache.k[i], cache.v[i], backend=backend)
+    return _decode_sdpa(q, cache.k[i, :b, :seq_len], cache.v[i, :b, :seq_len], mask)
 
 
-def _decode_flash(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, cache: KVCache,
-                  seqlens: torch.Tensor) -> torch.Tensor:
+def _decode_flash(i: int, qkv: torch.Tensor, *, cache: KVCache, rope: RopeTable, positions: torch.Tensor,
+                  seqlens: torch.Tensor, backend: str) -> torch.Tensor:
     from flash_attn import flash_attn_with_kvcache
 
-    b = q.shape[0]
-    # Appends k, v at seqlens[b] in place and attends to positions 0 .. seqlens[b].
-    o = flash_attn_with_kvcache(q[:, None], cache.k[i, :b], cache.v[i, :b], k=k[:, None], v=v[:, None],
-                                cache_seqlens=seqlens, causal=True)
+    b = qkv.shape[0]
+    q = rope_kv_write(qkv, rope[0], rope[1], positions, cache.k[i], cache.v[i], backend=backend)
+    # Attends to positions 0 .. seqlens[b] - 1, the new token (written above) included.
+    o = flash_attn_with_kvcache(q[:, None], cache.k[i, :b], cache.v[i, :b], cache_seqlens=seqlens, causal=True)
     return o[:, 0]
 
 
@@ -419,6 +466,11 @@ def _check_tokens(op: str, tokens: object, ndim: int, vocab_size: int) -> None:
     lo, hi = int(tokens.min()), int(tokens.max())
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"{op}: token ids must be in [0, {vocab_size}), got ids from {lo} to {hi}")
+
+
+def _check_backend(op: str, backend: object) -> None:
+    if backend not in INFERENCE_BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {INFERENCE_BACKENDS}, got {backend!r}")
 
 
 def parameter_count(config: LlamaConfig) -> int:

@@ -2,8 +2,11 @@
 ``config.json`` form; the decoder itself is :mod:`seedfast.models.llama`."""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from seedfast._checks import is_int
 
 SEED_LLAMA_VOCAB = 32000 + 8192 + 2  # text + codes + <img>, </img> (spec §11.2)
 
@@ -32,8 +35,16 @@ class RopeScaling:
     def __post_init__(self) -> None:
         if self.kind not in ("linear", "llama3"):
             raise ValueError(f"RopeScaling: kind must be 'linear' or 'llama3', got {self.kind!r}")
-        if not self.factor > 0:
-            raise ValueError(f"RopeScaling: factor must be > 0, got {self.factor}")
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            if not _positive_number(getattr(self, name)):
+                raise ValueError(f"RopeScaling: {name} must be a finite number > 0, got {getattr(self, name)!r}")
+        # llama3 interpolates between the two wavelength bounds: equal factors divide by zero.
+        if self.kind == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+            raise ValueError(f"RopeScaling: high_freq_factor ({self.high_freq_factor}) must be greater than "
+                             f"low_freq_factor ({self.low_freq_factor})")
+        if not (is_int(self.original_max_position) and self.original_max_position >= 1):
+            raise ValueError(f"RopeScaling: original_max_position must be an int >= 1, "
+                             f"got {self.original_max_position!r}")
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,13 @@ class LlamaConfig:
                      "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LlamaConfig: {name} must be >= 1, got {getattr(self, name)}")
+        # A non-positive epsilon makes RMSNorm divide by zero (or take the root of a negative
+        # number): NaN logits from the first token. A non-positive theta has no rotary frequencies.
+        for name in ("norm_eps", "rope_theta"):
+            if not _positive_number(getattr(self, name)):
+                raise ValueError(f"LlamaConfig: {name} must be a finite number > 0, got {getattr(self, name)!r}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"LlamaConfig: tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"LlamaConfig: n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2:
@@ -123,31 +141,51 @@ class LlamaConfig:
         Raises
         ------
         ValueError
-            Features this decoder does not implement (biases, another activation or rotary type).
+            A required field missing, a field of the wrong type or out of range (named by its
+            ``config.json`` name), or features this decoder does not implement (biases, another
+            activation or rotary type).
         """
+        op = "LlamaConfig.from_hf_dict"
+        if not isinstance(hf, Mapping):
+            raise ValueError(f"{op}: a config must be a JSON object (dict), got {type(hf).__name__}")
         for key, ok in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
             if hf.get(key, ok) != ok:
-                raise ValueError(f"LlamaConfig.from_hf_dict: {key} must be {ok!r}, got {hf[key]!r}")
-        rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+                raise ValueError(f"{op}: {key} must be {ok!r}, got {hf[key]!r}")
+        rope_field = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+        rope = hf.get(rope_field) or {}
+        if not isinstance(rope, Mapping):
+            raise ValueError(f"{op}: {rope_field} must be an object, got {rope!r}")
         kind = rope.get("rope_type", rope.get("type", "default"))
-        theta = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+        theta = _hf_number(rope if "rope_theta" in rope else hf, "rope_theta", 10000.0)
         scaling = None
-        if kind == "linear":
-            scaling = RopeScaling("linear", float(rope["factor"]))
-        elif kind == "llama3":
-            scaling = RopeScaling("llama3", float(rope["factor"]), float(rope["low_freq_factor"]),
-                                  float(rope["high_freq_factor"]), int(rope["original_max_position_embeddings"]))
+        if kind in ("linear", "llama3"):
+            parts = {"factor": _hf_number(rope, "factor")}
+            if kind == "llama3":
+                parts.update(low_freq_factor=_hf_number(rope, "low_freq_factor"),
+                             high_freq_factor=_hf_number(rope, "high_freq_factor"),
+                             original_max_position=_hf_int(rope, "original_max_position_embeddings"))
+            try:
+                scaling = RopeScaling(kind, **parts)
+            except ValueError as err:
+                raise ValueError(f"{op}: {rope_field}: {err}") from None
         elif kind != "default":
-            raise ValueError(f"LlamaConfig.from_hf_dict: rope type {kind!r} is not supported "
-                             "(supported: default, linear, llama3)")
-        return cls(
-            vocab_size=int(hf["vocab_size"]), dim=int(hf["hidden_size"]), n_layers=int(hf["num_hidden_layers"]),
-            n_heads=int(hf["num_attention_heads"]), n_kv_heads=hf.get("num_key_value_heads"),
-            intermediate_size=int(hf["intermediate_size"]), head_dim=hf.get("head_dim"),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
-            max_seq_len=int(hf.get("max_position_embeddings", 2048)),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        )
+            raise ValueError(f"{op}: rope type {kind!r} is not supported (supported: default, linear, llama3)")
+        tie = hf.get("tie_word_embeddings", False)
+        if not isinstance(tie, bool):
+            raise ValueError(f"{op}: tie_word_embeddings must be true or false, got {tie!r}")
+        eps = _hf_number(hf, "rms_norm_eps", 1e-6)
+        for name, value in (("rms_norm_eps", eps), ("rope_theta", theta)):
+            if not _positive_number(value):
+                raise ValueError(f"{op}: {name} must be a finite number > 0, got {value!r}")
+        fields = {}
+        for name, key, default in _HF_INT_FIELDS:
+            fields[name] = _hf_int(hf, key, default)
+            if fields[name] is not None and fields[name] < 1:
+                raise ValueError(f"{op}: {key} must be >= 1, got {fields[name]}")
+        try:
+            return cls(**fields, norm_eps=eps, rope_theta=theta, rope_scaling=scaling, tie_word_embeddings=tie)
+        except ValueError as err:
+            raise ValueError(f"{op}: {err}") from None
 
     def to_hf_dict(self) -> dict:
         """Keyword arguments for ``transformers.LlamaConfig`` (5.x ``rope_parameters`` form)."""
@@ -163,6 +201,46 @@ class LlamaConfig:
                     intermediate_size=self.intermediate_size, head_dim=self.head_dim, rms_norm_eps=self.norm_eps,
                     rope_parameters=rope, max_position_embeddings=self.max_seq_len,
                     tie_word_embeddings=self.tie_word_embeddings, hidden_act="silu")
+
+
+_REQUIRED = object()
+# (LlamaConfig field, config.json key, default when absent; _REQUIRED: none).
+_HF_INT_FIELDS = (
+    ("vocab_size", "vocab_size", _REQUIRED), ("dim", "hidden_size", _REQUIRED),
+    ("n_layers", "num_hidden_layers", _REQUIRED), ("n_heads", "num_attention_heads", _REQUIRED),
+    ("intermediate_size", "intermediate_size", _REQUIRED), ("n_kv_heads", "num_key_value_heads", None),
+    ("head_dim", "head_dim", None), ("max_seq_len", "max_position_embeddings", 2048),
+)
+
+
+def _positive_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _hf_int(hf: Mapping, key: str, default: object = _REQUIRED) -> int | None:
+    """``hf[key]`` as an int (an integral float such as ``4096.0`` too); ``default`` when absent or null."""
+    value = hf.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise ValueError(f"LlamaConfig.from_hf_dict: {key} is missing (a required field)")
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not is_int(value):
+        raise ValueError(f"LlamaConfig.from_hf_dict: {key} must be an int, got {value!r}")
+    return value
+
+
+def _hf_number(hf: Mapping, key: str, default: object = _REQUIRED) -> float:
+    """``hf[key]`` as a float; ``default`` when absent or null."""
+    value = hf.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise ValueError(f"LlamaConfig.from_hf_dict: {key} is missing (a required field)")
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"LlamaConfig.from_hf_dict: {key} must be a number, got {value!r}")
+    return float(value)
 
 
 __all__ = ["LlamaConfig", "RopeScaling", "SEED_LLAMA_VOCAB"]

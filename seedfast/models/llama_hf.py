@@ -12,14 +12,13 @@ The rotary embedding uses HF's "rotate half" layout, so no weight is permuted ei
 """
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
-from seedfast.checkpoint_io import MANIFEST_FILE, verify_folder, write_folder
+from seedfast.checkpoint_io import MANIFEST_FILE, CheckpointError, load_json, verify_folder, write_folder
 from seedfast.models.llama import Llama
 from seedfast.models.llama_config import LlamaConfig
 
@@ -65,16 +64,24 @@ def hf_to_state_dict(tensors: Mapping[str, torch.Tensor], config: LlamaConfig, *
     Every key and shape is checked before any tensor is read; each tensor is moved to
     ``device`` / ``dtype`` as it is read, so a checkpoint never sits twice in host memory.
 
+    With ``config.tie_word_embeddings`` an ``lm_head.weight`` in the checkpoint is accepted
+    only when it equals ``model.embed_tokens.weight`` (some tied checkpoints store the copy);
+    a distinct one is an error rather than silently dropped, since the model would then not
+    compute what the checkpoint was trained to.
+
     Raises
     ------
     ValueError
-        Missing or unexpected keys (listed), or a tensor of the wrong shape (named, expected vs got).
+        Missing or unexpected keys (listed), a tensor of the wrong shape (named, expected vs
+        got), a non-floating tensor (named, with its file), or a distinct ``lm_head.weight``
+        in a checkpoint whose config ties it to the embeddings.
     """
     op = "Llama.from_hf"
     shapes = expected_hf_shapes(config)
     present = {k for k in tensors if not _IGNORED_HF_KEYS.fullmatch(k)}
-    if config.tie_word_embeddings:
-        present.discard("lm_head.weight")  # some tied checkpoints still store the copy
+    stored_head = config.tie_word_embeddings and "lm_head.weight" in present
+    if stored_head:
+        present.discard("lm_head.weight")
     missing, unexpected = set(shapes) - present, present - set(shapes)
     if missing or unexpected:
         parts = []
@@ -90,9 +97,22 @@ def hf_to_state_dict(tensors: Mapping[str, torch.Tensor], config: LlamaConfig, *
             raise ValueError(f"{op}: {key} must have shape {shape} for this config, got {got}")
 
     def get(key: str) -> torch.Tensor:
-        return tensors[key].to(device=device, dtype=dtype)
+        raw = tensors[key]
+        # An integer weight would fail later as "only floating tensors can require gradients".
+        if not raw.is_floating_point():
+            raise ValueError(f"{op}: {key}{_source(tensors, key)} must be a floating-point tensor, "
+                             f"got {str(raw.dtype).removeprefix('torch.')}")
+        return raw.to(device=device, dtype=dtype)
 
     embed = get("model.embed_tokens.weight")
+    if stored_head:
+        head = tensors["lm_head.weight"]
+        if tuple(head.shape) != tuple(embed.shape) or not torch.equal(head.to(embed), embed):
+            raise ValueError(
+                f"{op}: the config sets tie_word_embeddings=true, but the checkpoint's lm_head.weight"
+                f"{_source(tensors, 'lm_head.weight')} differs from model.embed_tokens.weight; set "
+                "tie_word_embeddings to false in config.json to load the separate output head"
+            )
     state = {"tok_embeddings.weight": embed, "norm.weight": get("model.norm.weight"),
              "output.weight": embed if config.tie_word_embeddings else get("lm_head.weight")}
     for i in range(config.n_layers):
@@ -104,6 +124,11 @@ def hf_to_state_dict(tensors: Mapping[str, torch.Tensor], config: LlamaConfig, *
         state[o + "attention_norm.weight"] = get(p + "input_layernorm.weight")
         state[o + "ffn_norm.weight"] = get(p + "post_attention_layernorm.weight")
     return state
+
+
+def _source(tensors: Mapping[str, torch.Tensor], key: str) -> str:
+    """`` (in <file>)`` for a tensor read from a checkpoint file, empty for a state dict."""
+    return f" (in {tensors.file_of(key)})" if isinstance(tensors, _CheckpointTensors) else ""
 
 
 class _CheckpointTensors(Mapping):
@@ -123,6 +148,10 @@ class _CheckpointTensors(Mapping):
             self._shards[path] = _open_shard(path, self._kind)
         return self._shards[path]
 
+    def file_of(self, key: str) -> Path:
+        """The shard that holds ``key``."""
+        return self._where[key]
+
     def __getitem__(self, key: str) -> torch.Tensor:
         shard = self._shard(self._where[key])
         return shard.get_tensor(key) if self._kind == "safetensors" else shard[key]
@@ -141,11 +170,21 @@ class _CheckpointTensors(Mapping):
 
 
 def _open_shard(path: Path, kind: str):
+    """An open shard; a missing, truncated or foreign file is a :class:`CheckpointError` naming it
+    (a ``.bin`` holding something else than a dict of tensors: ``TypeError``, named)."""
+    if not path.is_file():
+        raise CheckpointError(f"Llama.from_hf: {path}: weights file missing")
     if kind == "safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        return safe_open(str(path), framework="pt")
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return safe_open(str(path), framework="pt")
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"Llama.from_hf: {path}: unreadable safetensors file ({err})") from None
+    # The tokenizer's reader: weights_only, memory-mapped, one error naming a damaged file.
+    from seedfast.models.checkpoints import read_state_dict
+
+    return read_state_dict(path)
 
 
 def read_hf_checkpoint(root: str | Path) -> Mapping[str, torch.Tensor]:
@@ -158,6 +197,11 @@ def read_hf_checkpoint(root: str | Path) -> Mapping[str, torch.Tensor]:
     ------
     FileNotFoundError
         ``root`` is not a directory or holds no weights.
+    CheckpointError
+        A malformed index (named, with what it lacks), or a shard that is missing, truncated
+        or not a weights file (named).
+    TypeError
+        A ``.bin`` shard that holds something else than a dict of tensors (named).
     """
     op = "Llama.from_hf"
     root = Path(root)
@@ -167,8 +211,7 @@ def read_hf_checkpoint(root: str | Path) -> Mapping[str, torch.Tensor]:
                                       ("pytorch_model.bin.index.json", "pytorch_model*.bin", "bin")):
         index = root / index_name
         if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            return _CheckpointTensors({k: root / f for k, f in weight_map.items()}, kind)
+            return _CheckpointTensors(_read_index(index), kind)
         files = sorted(root.glob(pattern))
         if files:
             keys = {}
@@ -177,6 +220,17 @@ def read_hf_checkpoint(root: str | Path) -> Mapping[str, torch.Tensor]:
                 keys.update({k: f for k in shard.keys()})
             return _CheckpointTensors(keys, kind)
     raise FileNotFoundError(f"{op}: no model*.safetensors or pytorch_model*.bin in {root}")
+
+
+def _read_index(index: Path) -> dict[str, Path]:
+    """Tensor name → shard path from a Hugging Face ``*.index.json``."""
+    content = load_json(index)
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(f, str) for k, f in weight_map.items()):
+        raise CheckpointError(f"Llama.from_hf: {index}: expected a \"weight_map\" object mapping tensor names "
+                              "to shard file names")
+    return {k: index.parent / f for k, f in weight_map.items()}
 
 
 def to_hf_state_dict(model: Llama) -> dict[str, torch.Tensor]:
@@ -241,9 +295,12 @@ def load_hf(path_or_state_dict: str | Path | Mapping[str, torch.Tensor],
     FileNotFoundError
         No config or weights in the directory.
     CheckpointError
-        A folder written by :func:`save_hf` whose files are damaged (named).
+        A folder written by :func:`save_hf` whose files are damaged, a ``config.json`` that is
+        not JSON, a malformed index, or a truncated or foreign weights file (each named).
     ValueError
-        Missing or unexpected keys (listed), or a tensor of the wrong shape (named, expected vs got).
+        A config field missing, of the wrong type or out of range (named, with the file);
+        missing or unexpected keys (listed); a tensor of the wrong shape or not floating
+        (named, expected vs got); a distinct ``lm_head.weight`` with ``tie_word_embeddings``.
     """
     op = "Llama.from_hf"
     if isinstance(path_or_state_dict, Mapping):
@@ -260,7 +317,12 @@ def load_hf(path_or_state_dict: str | Path | Mapping[str, torch.Tensor],
             cfg_path = root / HF_CONFIG_FILE
             if not cfg_path.is_file():
                 raise FileNotFoundError(f"{op}: {cfg_path} not found; pass config=")
-            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+            try:
+                config = LlamaConfig.from_hf_dict(load_json(cfg_path))
+            except CheckpointError as err:
+                raise CheckpointError(f"{op}: {err}") from None
+            except ValueError as err:
+                raise ValueError(f"{op}: {cfg_path}: {err}") from None
         tensors = read_hf_checkpoint(root)
     if not isinstance(config, LlamaConfig):
         config = LlamaConfig.from_hf_dict(config)

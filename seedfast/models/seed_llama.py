@@ -1,21 +1,18 @@
-"""SEED-LLaMA glue: the text tokenizer with visual tokens, prompt templates, image blocks in and out.
+"""SEED-LLaMA glue: prompt templates, the vocabulary layout, image blocks in and out.
 
 An image in a prompt is ``<img>`` + its 32 code ids (code ``k`` → ``vocab.first_code_id + k``) +
-``</img>``, spliced in as ids: the codes never round-trip through ``"<img_%05d>"`` strings and a
-slow tokenizer (spec §13 item 10). A string prompt is tokenized once with an empty
-``<img></img>`` pair where each image goes (both are added tokens, so the text around them
-tokenizes exactly as in the official scripts, which write the code strings in between), and the
-codes are spliced between each pair.
+``</img>``, spliced in as ids: the codes never round-trip through a Hugging Face tokenizer (spec
+§13 item 10). The text tokenizer (official prompt ids) is
+:mod:`seedfast.models.seed_llama_tokenizer`.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 
+from seedfast._lazy import moved_names
 from seedfast.constants import (
     CODEBOOK_SIZE,
     CODES_PER_IMAGE,
@@ -25,7 +22,6 @@ from seedfast.constants import (
     SEED_LLAMA_FIRST_CODE_ID,
     SEED_LLAMA_TEXT_VOCAB,
 )
-from seedfast.models.llama import Llama
 from seedfast.nn.constrained_sample import image_positions_by_token
 from seedfast.visual_vocab import VisualVocab
 
@@ -106,7 +102,8 @@ def get_template(template: PromptTemplate | str | None) -> PromptTemplate | None
 # Image blocks as ids
 
 
-def _codes_list(codes: Sequence[int] | torch.Tensor, vocab: VisualVocab, what: str) -> list[int]:
+def codes_list(codes: Sequence[int] | torch.Tensor, vocab: VisualVocab, what: str) -> list[int]:
+    """One image's codes as ints, checked: exactly ``vocab.codes_per_image`` of them in ``[0, num_codes)``."""
     values = codes.tolist() if isinstance(codes, torch.Tensor) else [int(c) for c in codes]
     if len(values) != vocab.codes_per_image or not all(0 <= c < vocab.num_codes for c in values):
         raise ValueError(f"{what} must be {vocab.codes_per_image} codes in [0, {vocab.num_codes}), got {values}")
@@ -121,7 +118,7 @@ def image_block(codes: Sequence[int] | torch.Tensor, vocab: VisualVocab) -> list
     ValueError
         Not ``vocab.codes_per_image`` codes in ``[0, vocab.num_codes)``.
     """
-    values = _codes_list(codes, vocab, "image_block: codes")
+    values = codes_list(codes, vocab, "image_block: codes")
     return [vocab.boi_id, *(vocab.first_code_id + c for c in values), vocab.eoi_id]
 
 
@@ -149,7 +146,7 @@ def fill_image_slots(ids: Sequence[int], image_codes: Sequence[Sequence[int] | t
     while i < len(ids):
         out.append(int(ids[i]))
         if ids[i] == vocab.boi_id and i + 1 < len(ids) and ids[i + 1] == vocab.eoi_id:
-            out.extend(vocab.first_code_id + c for c in _codes_list(next(images), vocab, "image codes"))
+            out.extend(vocab.first_code_id + c for c in codes_list(next(images), vocab, "image codes"))
         i += 1
     return out
 
@@ -263,157 +260,7 @@ def seed_llama_vocab() -> VisualVocab:
                        eos_id=SEED_LLAMA_EOS_ID, codes_per_image=CODES_PER_IMAGE)
 
 
-def visual_vocab_from_tokenizer(tokenizer: Any, *, num_codes: int = CODEBOOK_SIZE,
-                                codes_per_image: int = CODES_PER_IMAGE) -> VisualVocab:
-    """Read the visual layout a Hugging Face tokenizer actually has (``<img>``, ``</img>``, ``<img_%05d>``).
-
-    Raises
-    ------
-    ValueError
-        A visual token is missing, or the code ids are not consecutive.
-    """
-    ids = tokenizer.convert_tokens_to_ids([BOI_TOKEN, EOI_TOKEN, *(code_token(k) for k in range(num_codes))])
-    unk = tokenizer.unk_token_id
-    names = [BOI_TOKEN, EOI_TOKEN, code_token(0)]
-    for name, i in zip(names, ids):
-        if i is None or i == unk:
-            raise ValueError(f"tokenizer has no {name} token")
-    first = ids[2]
-    for k, i in enumerate(ids[2:]):
-        if i != first + k:
-            raise ValueError(f"tokenizer's code ids are not consecutive: {code_token(k)} is {i}, expected {first + k}")
-    return VisualVocab(text_vocab_size=min(ids[0], ids[1], first), first_code_id=first, num_codes=num_codes,
-                       boi_id=ids[0], eoi_id=ids[1], eos_id=tokenizer.eos_token_id, codes_per_image=codes_per_image)
-
-
-def check_tokenizer_layout(tokenizer: Any, vocab: VisualVocab) -> None:
-    """Check that ``tokenizer`` maps ``<img>``, ``</img>``, every ``<img_%05d>`` and eos where ``vocab`` says.
-
-    Raises
-    ------
-    ValueError
-        The first disagreement, naming the token, the tokenizer's id and the layout's id.
-    """
-    names = [BOI_TOKEN, EOI_TOKEN, *(code_token(k) for k in range(vocab.num_codes))]
-    expected = [vocab.boi_id, vocab.eoi_id, *range(vocab.first_code_id, vocab.first_code_id + vocab.num_codes)]
-    got = tokenizer.convert_tokens_to_ids(names)
-    for name, want, have in zip(names, expected, got):
-        if have != want:
-            raise ValueError(f"tokenizer maps {name} to id {have} but the visual vocab layout says {want}; "
-                             "build the layout with visual_vocab_from_tokenizer(tokenizer) if the tokenizer is right")
-    if tokenizer.eos_token_id != vocab.eos_id:
-        raise ValueError(f"tokenizer's eos id is {tokenizer.eos_token_id} but the visual vocab layout says "
-                         f"{vocab.eos_id}")
-
-
-class SeedLlamaTokenizer:
-    """A Hugging Face LLaMA tokenizer with SEED's visual tokens, checked against a :class:`VisualVocab`.
-
-    Parameters
-    ----------
-    tokenizer : transformers tokenizer
-        With ``<img>``, ``</img>`` and ``<img_00000>`` … as added tokens.
-    vocab : VisualVocab, optional
-        Default :meth:`VisualVocab.seed_llama`.
-
-    Raises
-    ------
-    ValueError
-        The tokenizer disagrees with the layout (:func:`check_tokenizer_layout`).
-    """
-
-    def __init__(self, tokenizer: Any, vocab: VisualVocab | None = None):
-        self.tokenizer = tokenizer
-        self.vocab = seed_llama_vocab() if vocab is None else vocab
-        check_tokenizer_layout(tokenizer, self.vocab)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, vocab: VisualVocab | None = None) -> SeedLlamaTokenizer:
-        """Load a tokenizer directory (``transformers.AutoTokenizer``)."""
-        from transformers import AutoTokenizer
-
-        return cls(AutoTokenizer.from_pretrained(str(path)), vocab)
-
-    @property
-    def bos_token(self) -> str:
-        return self.tokenizer.bos_token
-
-    def __len__(self) -> int:
-        return len(self.tokenizer)
-
-    def encode(self, text: str, image_codes: Sequence[Sequence[int] | torch.Tensor] = ()) -> list[int]:
-        """Prompt ids: the bos string + ``text`` tokenized as the official scripts do, images spliced in.
-
-        Each ``<image>`` in ``text`` is replaced, in order, by the next image's block.
-
-        Raises
-        ------
-        ValueError
-            The number of ``<image>`` placeholders differs from the number of images.
-        """
-        n = text.count(IMAGE_PLACEHOLDER)
-        if n != len(image_codes):
-            raise ValueError(f"prompt has {n} {IMAGE_PLACEHOLDER} placeholder(s) but {len(image_codes)} image(s)")
-        rendered = self.bos_token + text.replace(IMAGE_PLACEHOLDER, BOI_TOKEN + EOI_TOKEN)
-        ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        return fill_image_slots(ids, list(image_codes), self.vocab)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of ``ids`` without special tokens."""
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
-
-
-def load_seed_llama(model_path: str | Path, tokenizer_path: str | Path | None = None, *,
-                    vocab: VisualVocab | None = None, dtype: torch.dtype | None = None,
-                    device: torch.device | str = "cpu") -> tuple[Llama, SeedLlamaTokenizer | None]:
-    """A SEED-LLaMA checkpoint directory (HF ``LlamaForCausalLM``) and, optionally, its tokenizer.
-
-    Parameters
-    ----------
-    model_path : path
-        ``AILab-CVC/seed-llama-{8b,14b}-{pretrain,sft}`` or any HF LLaMA directory.
-    tokenizer_path : path, optional
-        A tokenizer directory with the visual tokens (``AILab-CVC/seed-tokenizer-2``; its
-        sentencepiece ``tokenizer.model`` needs the ``sentencepiece`` package to load).
-    vocab : VisualVocab, optional
-        Default :meth:`VisualVocab.seed_llama`.
-    dtype, device
-        As :meth:`Llama.from_hf`.
-
-    Raises
-    ------
-    ValueError
-        The tokenizer disagrees with the layout, or has more ids than the model.
-    """
-    model = Llama.from_hf(model_path, dtype=dtype, device=device)
-    if tokenizer_path is None:
-        return model, None
-    tokenizer = SeedLlamaTokenizer.from_pretrained(tokenizer_path, vocab)
-    if len(tokenizer) > model.config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} ids but the model only {model.config.vocab_size}")
-    return model, tokenizer
-
-
-__all__ = [
-    "BOI_TOKEN",
-    "EOI_TOKEN",
-    "GeneratedParts",
-    "IMAGE_PLACEHOLDER",
-    "LLAMA2_CHAT",
-    "PromptTemplate",
-    "SeedLlamaTokenizer",
-    "TEMPLATES",
-    "VICUNA",
-    "check_tokenizer_layout",
-    "code_token",
-    "count_image_slots",
-    "fill_image_slots",
-    "get_template",
-    "image_block",
-    "load_seed_llama",
-    "open_image_codes",
-    "open_image_position",
-    "split_generated",
-    "tiny_visual_vocab",
-    "visual_vocab_from_tokenizer",
-]
+# The text tokenizer moved to its own module; the old paths work for one release.
+__getattr__ = moved_names(__name__, {name: "seedfast.models.seed_llama_tokenizer" for name in (
+    "SEED_LLAMA_EXTRA", "SeedLlamaTokenizer", "check_tokenizer_layout", "load_seed_llama", "official_prompt_ids",
+    "require_sentencepiece", "split_at_added_tokens", "visual_vocab_from_tokenizer")})

@@ -130,7 +130,11 @@ class ConstrainedSampler(nn.Module):
     top_p : float or Tensor ``[B]``
         In (0, 1]; ``1`` switches top-p off (default).
     seed : int or Tensor ``[B]``
-        Random seed per row (one int serves all rows: the op mixes in the row index).
+        Random seed per row (one int serves all rows: the op mixes in the row's stream id).
+    stream : int or Tensor ``[B]``, optional
+        Each row's random stream id (:func:`seedfast.ops.constrained_sample`); default the row
+        index. Give every request its own seed and the same stream (e.g. 0) and a request's
+        tokens no longer depend on the row it occupies.
     check : bool
         Raise after every call on rows whose allowed logits are NaN/+inf or all −inf (one host
         synchronisation per call: not while capturing a CUDA graph or compiling). Default
@@ -145,7 +149,7 @@ class ConstrainedSampler(nn.Module):
     ----------
     image_pos : Tensor ``[B]``, int32 buffer
         ``-1`` in text, ``k`` after the opening marker and ``k`` span tokens.
-    seed, offset : Tensor ``[B]``, int64 buffers
+    seed, offset, stream : Tensor ``[B]``, int64 buffers
         The random stream; ``offset`` grows by one per call.
     temperature, top_p : Tensor ``[B]``, float32 buffers; top_k : Tensor ``[B]``, int64 buffer
         May be changed in place (``sampler.temperature.fill_(0.7)``) between graph replays.
@@ -173,6 +177,7 @@ class ConstrainedSampler(nn.Module):
         top_k: int | torch.Tensor = 0,
         top_p: float | torch.Tensor = 1.0,
         seed: int | torch.Tensor = 0,
+        stream: int | torch.Tensor | None = None,
         check: bool = False,
         backend: str = "auto",
         device: torch.device | str | None = None,
@@ -190,7 +195,7 @@ class ConstrainedSampler(nn.Module):
             raise ValueError(f"{name}: top_p must be in (0, 1], got {top_p!r}")
         if backend not in BACKENDS:
             raise ValueError(f"{name}: backend must be one of {BACKENDS}, got {backend!r}")
-        for arg, value in (("top_k", top_k), ("seed", seed)):
+        for arg, value in (("top_k", top_k), ("seed", seed), ("stream", 0 if stream is None else stream)):
             if not isinstance(value, torch.Tensor) and not is_int(value):
                 raise TypeError(f"{name}: {arg} must be an int or an integer tensor, got {type(value).__name__}")
         self.vocab = vocab
@@ -202,6 +207,9 @@ class ConstrainedSampler(nn.Module):
         self.register_buffer("offset", torch.zeros(b, dtype=torch.int64, device=device))
         self.register_buffer("error_flags", torch.zeros(b, dtype=torch.int32, device=device))
         self.register_buffer("seed", _per_row_buffer("seed", seed, b, torch.int64, device))
+        rows = torch.arange(b, dtype=torch.int64, device=device)
+        self.register_buffer("stream", rows if stream is None else _per_row_buffer("stream", stream, b, torch.int64,
+                                                                                   device))
         self.register_buffer("temperature", _per_row_buffer("temperature", temperature, b, torch.float32, device))
         self.register_buffer("top_k", _per_row_buffer("top_k", top_k, b, torch.int64, device))
         self.register_buffer("top_p", _per_row_buffer("top_p", top_p, b, torch.float32, device))
@@ -251,7 +259,7 @@ class ConstrainedSampler(nn.Module):
         active : Tensor ``[b]``, bool, optional
             Rows still generating. The others emit eos and keep their grammar position and
             flags; their ``offset`` advances all the same, so a row's draws depend only on
-            ``(seed, step, row)``, whichever rows have stopped.
+            ``(seed, step, stream)``, whichever rows have stopped.
 
         Returns
         -------
@@ -271,7 +279,8 @@ class ConstrainedSampler(nn.Module):
         pos = self.image_pos[:b]
         tokens, next_pos, flags = constrained_sample(
             logits, pos, vocab=self.vocab, temperature=self.temperature[:b], top_k=self.top_k[:b],
-            top_p=self.top_p[:b], seed=self.seed[:b], offset=self.offset[:b], return_flags=True, backend=self.backend,
+            top_p=self.top_p[:b], seed=self.seed[:b], offset=self.offset[:b], stream=self.stream[:b], return_flags=True,
+            backend=self.backend,
         )
         if active is not None:
             tokens = torch.where(active, tokens, self.vocab.eos_id)
@@ -295,7 +304,8 @@ class ConstrainedSampler(nn.Module):
         raise_on_flags(self.error_flags)
 
     @torch.no_grad()
-    def reset(self, prompt_ids: torch.Tensor | None = None, *, seed: int | torch.Tensor | None = None) -> None:
+    def reset(self, prompt_ids: torch.Tensor | None = None, *, seed: int | torch.Tensor | None = None,
+              stream: int | torch.Tensor | None = None) -> None:
         """Start new sequences: state from ``prompt_ids`` (or text), offset and flags zeroed.
 
         Parameters
@@ -305,6 +315,8 @@ class ConstrainedSampler(nn.Module):
             a span) starts the rows inside a span. ``None``: every row starts in text.
         seed : int or Tensor ``[B]``, optional
             New seeds; unchanged when ``None``.
+        stream : int or Tensor ``[B]``, optional
+            New stream ids; unchanged when ``None``.
 
         Raises
         ------
@@ -325,6 +337,11 @@ class ConstrainedSampler(nn.Module):
                 raise TypeError(f"{type(self).__name__}.reset: seed must be an int or an integer tensor, "
                                 f"got {type(seed).__name__}")
             self.seed.copy_(_per_row_buffer("seed", seed, self.batch_size, torch.int64, self.seed.device))
+        if stream is not None:
+            if not isinstance(stream, torch.Tensor) and not is_int(stream):
+                raise TypeError(f"{type(self).__name__}.reset: stream must be an int or an integer tensor, "
+                                f"got {type(stream).__name__}")
+            self.stream.copy_(_per_row_buffer("stream", stream, self.batch_size, torch.int64, self.stream.device))
         self.offset.zero_()
         self.error_flags.zero_()
 

@@ -1,6 +1,7 @@
 """Fast ops with torch references. Each op: ``<op>_reference`` (plain torch, the oracle and the
 CPU path), a ``torch.library`` custom op for the fused kernel, and the public ``<op>(...,
 backend="auto")`` that validates and dispatches (Triton on CUDA tensors, reference on CPU)."""
+from seedfast.ops.add_rms_norm import add_rms_norm, add_rms_norm_reference
 from seedfast.ops.constrained_sample import (
     FLAG_NON_FINITE,
     FLAG_NOTHING_ALLOWED,
@@ -9,6 +10,8 @@ from seedfast.ops.constrained_sample import (
     constrained_sample_reference,
 )
 from seedfast.ops.qformer_attention import qformer_attention, qformer_attention_reference
+from seedfast.ops.rope_kv_write import rope_kv_write, rope_kv_write_reference
+from seedfast.ops.silu_mul import silu_mul, silu_mul_reference
 from seedfast.ops.vq import (
     VQOutput,
     nearest_code,
@@ -19,6 +22,8 @@ from seedfast.ops.vq import (
 )
 
 __all__ = [
+    "add_rms_norm",
+    "add_rms_norm_reference",
     "FLAG_NON_FINITE",
     "FLAG_NOTHING_ALLOWED",
     "VisualVocab",
@@ -26,6 +31,10 @@ __all__ = [
     "constrained_sample_reference",
     "qformer_attention",
     "qformer_attention_reference",
+    "rope_kv_write",
+    "rope_kv_write_reference",
+    "silu_mul",
+    "silu_mul_reference",
     "VQOutput",
     "nearest_code",
     "nearest_code_reference",

@@ -171,7 +171,8 @@ def constrained_sample_reference(
     sorted_x, order = xs.sort(1, descending=True)
     sorted_w = w.gather(1, order)
     k = top_k.clamp(max=v)
-    kth = sorted_x.gather(1, (k - 1).clamp(min=0)[:, None])
+    # Clamp before subtracting: k - 1 wraps around for top_k = -2**63 (also "off").
+    kth = sorted_x.gather(1, (k.clamp(min=1) - 1)[:, None])
     k_off = (k <= 0)[:, None]
     keep = live & (k_off | (xs >= kth))
     sorted_w = torch.where(k_off | (sorted_x >= kth), sorted_w, 0.0)
@@ -268,6 +269,15 @@ def _per_row(op: str, name: str, value, b: int, device: torch.device, dtype: tor
     return torch.full((b,), value, dtype=dtype, device=device)
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _fits_int64(value: object) -> bool:
+    # Python ints are unbounded; the per-row tensors are int64, and torch.full would raise a
+    # bare OverflowError for 2**64.
+    return is_int(value) and _INT64_MIN <= int(value) <= _INT64_MAX
+
+
 def _check_scalar(op: str, name: str, value, ok: bool, expected: str) -> None:
     if not ok:
         raise ValueError(f"{op}: {name} must be {expected}, got {value!r}")
@@ -347,14 +357,14 @@ def constrained_sample(
                       isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0,
                       "a finite number >= 0")
     if not isinstance(top_k, torch.Tensor):
-        _check_scalar(op, "top_k", top_k, is_int(top_k), "an int")
+        _check_scalar(op, "top_k", top_k, _fits_int64(top_k), f"an int in [{_INT64_MIN}, {_INT64_MAX}] (<= 0 is off)")
     if not isinstance(top_p, torch.Tensor):
         _check_scalar(op, "top_p", top_p, isinstance(top_p, (int, float)) and 0 < top_p <= 1, "in (0, 1]")
     for name, value in (("seed", seed), ("offset", offset), ("stream", stream)):
         if value is None and name == "stream":
             continue
         if not isinstance(value, torch.Tensor):
-            _check_scalar(op, name, value, is_int(value), "an int")
+            _check_scalar(op, name, value, _fits_int64(value), f"an int in [{_INT64_MIN}, {_INT64_MAX}] (int64)")
         elif value.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"{op}: {name} must be an int64 tensor, got {value.dtype}")
     temperature_t = _per_row(op, "temperature", temperature, b, device, torch.float32)

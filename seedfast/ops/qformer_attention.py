@@ -12,6 +12,12 @@ One rule covers every mask SEED needs, computed from indices, never materialised
 A query row that sees no key (``kv_lens[b] == 0``, say) outputs zeros and passes zero gradient,
 where a softmax over nothing would give NaN.
 
+NaN in, NaN out, on every backend, masked or not: a query row holding a NaN gives a NaN
+output row, and so does every row that sees a key whose ``k`` or ``v`` holds a NaN (other rows
+of that batch and head may come back NaN too, depending on the backend: propagation is
+promised, containment is not). A row that sees no key is zero whatever its inputs. ``±inf``
+inputs follow IEEE arithmetic (``inf − inf`` in the softmax gives NaN).
+
 The official code adds ``-10000`` to masked scores instead of ``-inf``; the difference is
 ``exp(-10000)``, which is zero in every dtype, except for rows that see no key at all (the
 official code then averages all keys; we return zeros, as documented above).
@@ -69,13 +75,17 @@ def qformer_attention_reference(
     lq, lk = q.shape[-2], k.shape[-2]
     keep = attention_mask(lq, lk, causal=causal, kv_lens=kv_lens, device=q.device)
     if keep is None:
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+        # CPU SDPA's fused no-mask kernel returns a zero row for a NaN query; with any mask it
+        # propagates NaN like every other path. One broadcast True changes nothing else: same
+        # outputs and gradients bit for bit (checked on CPU, torch 2.13, fp32/fp16/bf16).
+        everything = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=q.device)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=everything, scale=scale)
     sees_a_key = keep.any(-1, keepdim=True)
-    # Rows that see nothing attend to everything (finite softmax), then are zeroed: NaN-free
-    # forward, and the zeroing sends them zero gradient.
+    # Rows that see nothing attend to everything (finite softmax), then are set to zero
+    # whatever their inputs (a NaN query too, as the kernel): zero gradient to them.
     safe = keep | ~sees_a_key
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=safe, scale=scale)
-    return out * sees_a_key.to(out.dtype)
+    return torch.where(sees_a_key, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +233,9 @@ def qformer_attention(
 
     Returns
     -------
-    Tensor ``[B, H, Lq, D]``, dtype of ``q``. Rows that see no key are zero.
+    Tensor ``[B, H, Lq, D]``, dtype of ``q``. Rows that see no key are zero. A row whose
+    query holds a NaN, or that sees a key whose ``k``/``v`` holds a NaN, is NaN (every backend,
+    masked or not; see the module notes).
 
     Raises
     ------

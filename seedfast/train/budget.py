@@ -25,6 +25,7 @@ its results JSON back; the command itself is in :mod:`seedfast.benchmarks.cli`.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,36 @@ def plans(measured: dict[str, Measurement], config: SeedTokenizerConfig, pairs: 
     return [online, cached]
 
 
+def _positive_finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def check_inputs(pairs: int, epochs: tuple[int, int], peak: float | None) -> None:
+    """Refuse a budget's data size, epochs or peak that would project nonsense (negative days).
+
+    Parameters
+    ----------
+    pairs : int
+        Image-text pairs, at least 1.
+    epochs : (int, int)
+        Stage-1 and stage-2 epochs, each at least 0, not both 0.
+    peak : float or None
+        The device's peak TFLOP/s, positive and finite; None looks it up by name.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument, what was expected and what was given.
+    """
+    if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
+        raise ValueError(f"pairs must be a positive integer, got {pairs!r}")
+    if (not isinstance(epochs, (tuple, list)) or len(epochs) != 2
+            or any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in epochs) or not any(epochs)):
+        raise ValueError(f"epochs must be two non-negative integers (stage 1, stage 2), not both 0, got {epochs!r}")
+    if peak is not None and not _positive_finite(peak):
+        raise ValueError(f"peak must be a positive finite TFLOP/s, got {peak!r}")
+
+
 def compute_budget(measured: list[Measurement], *, config: SeedTokenizerConfig | None = None,
                    pairs: int = PAPER_PAIRS, epochs: tuple[int, int] = (STAGE1_EPOCHS, STAGE2_EPOCHS),
                    reference: list[Measurement] | None = None, peak: float | None = None) -> Budget:
@@ -154,10 +185,17 @@ def compute_budget(measured: list[Measurement], *, config: SeedTokenizerConfig |
     Raises
     ------
     ValueError
-        No measurement, or measurements from several devices.
+        No measurement, measurements from several devices, a measurement whose seconds or FLOPs
+        per sample are not positive and finite, ``pairs`` below 1, ``epochs`` not two
+        non-negative integers with at least one positive, or ``peak`` not positive and finite.
     """
+    check_inputs(pairs, epochs, peak)
     if not measured:
         raise ValueError("no throughput measurement to budget from")
+    for m in [*measured, *(reference or [])]:
+        if not (_positive_finite(m.seconds_per_sample) and _positive_finite(m.flops_per_sample)):
+            raise ValueError(f"{m.source}: {m.mode} measured {m.seconds_per_sample!r} s and {m.flops_per_sample!r} "
+                             "FLOPs per sample; expected positive finite numbers")
     devices = {m.device for m in measured}
     if len(devices) != 1:
         raise ValueError(f"measurements come from several devices {sorted(devices)}; budget one at a time")
@@ -227,20 +265,40 @@ def from_log(path: str | Path, skip: int = 3) -> list[Measurement]:
 
     Raises
     ------
+    FileNotFoundError
+        No such file.
     ValueError
-        Not a stage 1–2 run log, or too few steps.
+        Not a stage 1–2 run log (not UTF-8 text, a line that is not a JSON object, a start
+        record without its fields), or too few steps; the message names the file.
     """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (expected a run's log.jsonl)") from None
     start, times = None, []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {number} is not JSON ({err})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: line {number} is not a JSON object")
         if rec.get("event") == "start":
             start, times = rec, []
         elif "step_time_s" in rec:
             times.append(rec["step_time_s"])
-    if start is None or start["stage"] not in (1, 2):
+    if start is None or start.get("stage") not in (1, 2):
         raise ValueError(f"{path}: not the log of a stage-1 or stage-2 run")
     if len(times) <= skip:
         raise ValueError(f"{path}: {len(times)} steps logged; need more than {skip} (the first are warm-up)")
+    try:
+        return _log_measurement(path, start, times, skip)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: the start record lacks a usable field ({err!r})") from None
+
+
+def _log_measurement(path: str | Path, start: dict, times: list[float], skip: int) -> list[Measurement]:
+    """The measurement of a log's ``start`` record and step times (raises ``KeyError`` for a missing field)."""
     c = start["config"]
     mode = f"stage{start['stage']}-{start.get('features') or 'online'}"
     cfg = tokenizer_config(c["tokenizer.preset"], {k.split(".", 1)[1]: v for k, v in c.items()

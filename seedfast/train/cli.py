@@ -11,9 +11,10 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
-from seedfast.errors import CliError
+from seedfast.errors import CliError, os_error_message
 
 
 def add_train_parser(sub: Any) -> argparse.ArgumentParser:
@@ -49,9 +50,30 @@ def _config(args: argparse.Namespace) -> Any:
         return build_config(args.stage, [table], args.overrides)
     except ConfigError as err:
         raise CliError(str(err)) from None
+    except UnicodeDecodeError:
+        raise CliError(f"--config {args.config}: not a text file (expected UTF-8 TOML)") from None
+    except OSError as err:
+        raise CliError(os_error_message(err, f"--config {args.config}")) from None
+
+
+def _io_error(err: Exception, flag: str, target: str) -> CliError:
+    """An OS error (or safetensors' own error for a failed write) as one line, naming ``flag``'s
+    folder unless the failing path lies outside it (the data, say)."""
+    doing = f"writing {flag} {target}"
+    name = getattr(err, "filename", None)
+    if isinstance(name, (str, os.PathLike)):
+        path, folder = Path(name).resolve(), Path(target).resolve()
+        if path != folder and folder not in path.parents:
+            doing = "reading"
+    if isinstance(err, OSError):
+        return CliError(os_error_message(err, doing))
+    # safetensors reports I/O failures as SafetensorError("... Os { code: 28, ... }"): keep its text.
+    return CliError(f"{doing}: {' '.join(str(err).split())}")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from safetensors import SafetensorError
+
     from seedfast.train.checkpoint import CheckpointError
     from seedfast.train.config import ConfigError
 
@@ -59,11 +81,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_json())
         return 0
+    target = args.precompute_features or args.out
     try:
         if args.precompute_features:
             from seedfast.train.features import precompute
 
-            path = precompute(cfg, args.precompute_features, device=args.device, progress=not args.no_progress)
+            if Path(target).exists() and not Path(target).is_dir():
+                raise CliError(f"--precompute-features {target} is a file; expected a folder")
+            path = precompute(cfg, target, device=args.device, progress=not args.no_progress)
             print(f"wrote features to {path}", file=sys.stderr)
             return 0
         if args.steps is None or args.out is None:
@@ -76,6 +101,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        progress=not args.no_progress)
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
         raise CliError(str(err)) from None
+    except (OSError, SafetensorError) as err:
+        raise _io_error(err, "--precompute-features" if args.precompute_features else "--out", target) from err
     if os.environ.get("RANK", "0") == "0":
         if result.stopped_by is None:
             print(f"step {result.step}: checkpoint {result.checkpoint}; model {result.final}", file=sys.stderr)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from seedfast.train.config import ConfigError, OptimConfig, RunConfig
 from seedfast.train.data import Prefetcher
 from seedfast.train.export import export_final, load_trained, trained_state, trained_optimizer_state
 from seedfast.train.inputs import MicroBatch
+from seedfast.train.lock import RunFolderError, RunLock
 from seedfast.train.log import RunLog
 from seedfast.train.metrics import GpuMonitor, codebook_stats, mfu, peak_tflops
 from seedfast.train.run import Run, build_run
@@ -159,6 +162,9 @@ def train(cfg: RunConfig, out: str | Path, *, steps: int, resume_run: bool = Fal
           progress: bool = True) -> TrainResult:
     """Train stage ``cfg.stage`` until global step ``steps``, checkpointing into ``out``.
 
+    The run holds an exclusive lock on ``out`` (:class:`~seedfast.train.lock.RunLock`, rank 0)
+    from before the model is built until it returns.
+
     Raises
     ------
     ConfigError
@@ -166,19 +172,47 @@ def train(cfg: RunConfig, out: str | Path, *, steps: int, resume_run: bool = Fal
         beyond ``steps``.
     CheckpointError
         A damaged checkpoint on resume.
+    RunFolderError
+        ``out`` is in use by another run, or ``out`` (or its ``checkpoints``) is a file.
+    OSError
+        The run folder cannot be written (read-only file system, no space left, ...); a
+        checkpoint that was being written is removed whole, so ``resume_run`` continues from
+        the previous one.
     """
     out = Path(out)
     info = D.setup(device)
     try:
-        run = build_run(cfg, info)
-        if not resume_run and D.broadcast_object(ckpt.latest(out) is not None, info):
-            raise ConfigError(f"{out} already holds checkpoints; pass --resume to continue, or another --out")
-        start = resume(run, out) if resume_run else 0
-        if start > steps:
-            raise ConfigError(f"the checkpoint is at step {start}, beyond --steps {steps}")
-        return _loop(run, out, start, steps, progress)
+        with _hold_run_folder(out, info):
+            run = build_run(cfg, info)
+            if not resume_run and D.broadcast_object(ckpt.latest(out) is not None, info):
+                raise ConfigError(f"{out} already holds checkpoints; pass --resume to continue, or another --out")
+            start = resume(run, out) if resume_run else 0
+            if start > steps:
+                raise ConfigError(f"the checkpoint is at step {start}, beyond --steps {steps}")
+            return _loop(run, out, start, steps, progress)
     finally:
         D.teardown(info)
+
+
+@contextmanager
+def _hold_run_folder(out: Path, info: D.DistInfo) -> Iterator[None]:
+    """Collective: rank 0 checks and locks ``out``; every rank raises if that failed."""
+    lock, problem = None, None
+    if info.is_main:
+        try:
+            lock = RunLock(out)
+        except (RunFolderError, OSError) as err:
+            if info.world_size == 1:
+                raise
+            problem = str(err)
+    problem = D.broadcast_object(problem, info)
+    if problem is not None:
+        raise RunFolderError(problem)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _loop(run: Run, out: Path, start: int, steps: int, progress: bool) -> TrainResult:

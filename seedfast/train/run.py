@@ -243,7 +243,8 @@ def _llm_parts(cfg: RunConfig, dev: torch.device, dtype: torch.dtype) -> _Parts:
 
 def _stage3_coding(cfg: RunConfig, dev: torch.device, dtype: torch.dtype) -> tuple[Any, Any, Any]:
     """The frozen SEED tokenizer that makes codes, the vocabulary layout, the text tokenizer."""
-    from seedfast.models.seed_llama import tiny_visual_vocab, visual_vocab_from_tokenizer
+    from seedfast.models.seed_llama import tiny_visual_vocab
+    from seedfast.models.seed_llama_tokenizer import visual_vocab_from_tokenizer
     from seedfast.models.seed_tokenizer import SeedTokenizer
     from seedfast.train.text import HFTextTokenizer, load_text_tokenizer
 

@@ -23,8 +23,9 @@ def test_every_case_runs_once_for_every_implementation():
                 assert impl.name in ("seedfast-eager", "hf-static", "hf-compile")
                 continue
             out = fn()
-            if case.mode == "decode" and impl.name.startswith("seedfast"):
-                assert [len(o.token_ids) for o in out] == [case.params["new_tokens"]]
+            if case.mode == "decode":
+                # Decode steps alone: the new_tokens tokens after the prefill's first one.
+                assert out.shape == (1, case.params["new_tokens"])
             elif case.mode == "image-gen" and impl.name.startswith("seedfast"):
                 assert len(out) == case.params["batch"]
                 assert all(len(o.token_ids) == 33 and o.image_codes.shape == (1, 32) for o in out)
@@ -32,6 +33,31 @@ def test_every_case_runs_once_for_every_implementation():
                 assert out.shape == (case.params["batch"], case.params["prompt"] + 33)
             elif case.mode == "prefill":
                 assert out.reshape(-1, 322).shape[0] == 1
+
+
+def test_decode_rows_time_steps_alone_and_agree_with_generate():
+    """The decode closures start after the prefill: every call decodes the same tokens (the state
+    is restored), which are greedy generate's tokens after its first, for seedfast (whose sampler
+    keeps text rows to text ids) and for transformers (unconstrained)."""
+    case = next(c for c in decode.cases(quick=True, device=CPU) if c.mode == "decode")
+    model, hf = decode._models("cpu")
+    _, _, _, vocab = decode._setup(CPU)
+    new = case.params["new_tokens"]
+    prompts = decode._prompts(case, vocab, force_image=False)
+    (expected,) = decode.generate(model, prompts, vocab=vocab, max_new_tokens=new + 1, ignore_eos=True,
+                                  temperature=0.0)
+    ids = torch.tensor(prompts)
+    with torch.no_grad():
+        hf_expected = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new + 1,
+                                  min_new_tokens=new + 1, do_sample=False, pad_token_id=0)[0, ids.shape[1] + 1:]
+    by_impl = {}
+    for impl in decode.impls:
+        run = impl.build(case, CPU)
+        first = run().clone()
+        assert torch.equal(run(), first), impl.name
+        by_impl[impl.name] = first[0].tolist()
+    assert by_impl["seedfast"] == by_impl["seedfast-eager"] == expected.token_ids[1:]
+    assert by_impl["hf-static"] == hf_expected.tolist()
 
 
 def test_transformers_peer_shares_the_weights():
@@ -59,4 +85,11 @@ def test_bytes_and_summary():
     lines = decode.summarize(result)
     assert lines[0] == "decode: copy bandwidth 3000 GB/s (read + write)"
     assert lines[1].endswith("seedfast: 200.0 tokens/s, 90.0% of the HBM roofline") and len(lines) == 2
+    # The calculation beside the row: MB per token (weights + KV when the case names them), GB/s, copy GB/s.
+    assert "13500.000 MB read per token × tokens/s = 2700 GB/s of the 3000 GB/s copy · seedfast: " in lines[1]
+    batch1_row = Measurement("decode", "decode", batch1.params, "seedfast", True, median_ms=500.0, gbps=2700.0)
+    result.measurements[1:] = [batch1_row]
+    line = decode.summarize(result)[1]
+    assert f"({batch1.params['weights_MB']:.3f} weights + {batch1.params['kv_MB_per_token']:.3f} KV)" in line
+    assert batch1.params["weights_MB"] == round(weights / 1e6, 3)
 

@@ -88,3 +88,61 @@ def test_load_rejects_other_schema(tmp_path):
     p.write_text(json.dumps({"schema": 99}))
     with pytest.raises(ValueError, match="schema 99"):
         load_result(p)
+
+
+def test_a_raising_peer_is_recorded_not_fatal(tmp_path):
+    """Before, anything but PeerUnavailable escaped ``measure`` and aborted the whole run."""
+    def broken(case, device):
+        raise RuntimeError("peer blew up\non two lines")
+
+    def broken_later(case, device):
+        def fn():
+            raise ValueError("fails when called")
+        return fn
+
+    suite = _suite()
+    suite.impls = [*suite.impls, Impl("broken", broken), Impl("broken_later", broken_later)]
+    result = run_suites([suite], quick=True, device=torch.device("cpu"), budget_ms=10)
+    assert len(result.measurements) == 10
+    by_impl = {(m.impl, m.case["n"]): m for m in result.measurements}
+    for n in (64, 256):
+        assert by_impl["broken", n].error == "error: RuntimeError: peer blew up on two lines"
+        assert by_impl["broken_later", n].error == "error: ValueError: fails when called"
+        assert by_impl["broken", n].median_ms is None
+        assert by_impl["ours", n].median_ms > 0 and by_impl["slow", n].median_ms > 0
+    table = format_table(result)
+    assert "broken on toy fwd n=64 dtype=fp32: error: RuntimeError: peer blew up" in table
+    rows = speedups(result)
+    assert all(r["peers"]["broken"][1] is None and r["peers"]["slow"][1] is not None for r in rows)
+    tagged = write_result(result, tmp_path, tag="constrained_sample")
+    plain = write_result(result, tmp_path)
+    assert tagged.name.endswith("-quick-constrained-sample.json") and tagged != plain
+    assert load_result(tagged).measurements[-1].error.startswith("error: ")
+
+
+def test_run_suites_max_cases_and_incremental_saves(tmp_path):
+    """A dry run keeps the first cases; each measurement can be saved as soon as it is taken."""
+    seen = []
+    result = run_suites([_suite()], quick=True, device=torch.device("cpu"), budget_ms=5, max_cases=1,
+                        on_measurement=lambda r: seen.append(len(write_result(r, tmp_path, tag="toy").read_text())))
+    assert len(result.measurements) == 3 and {m.case["n"] for m in result.measurements} == {64}
+    assert len(seen) == 3 and seen[0] < seen[1] < seen[2]
+    with pytest.raises(ValueError, match="max_cases"):
+        run_suites([_suite()], quick=True, device=torch.device("cpu"), max_cases=0)
+
+
+def test_write_result_on_a_full_disk_leaves_the_previous_file(tmp_path, monkeypatch):
+    from seedfast import checkpoint_io
+
+    result = run_suites([_suite()], quick=True, device=torch.device("cpu"), budget_ms=5, max_cases=1)
+    path = write_result(result, tmp_path)
+    before = path.read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io, "_write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_result(result, tmp_path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]

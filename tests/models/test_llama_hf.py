@@ -173,3 +173,132 @@ def test_save_hf_writes_atomically_and_from_hf_verifies(tmp_path):
     # A folder from elsewhere (no manifest) is read as it is.
     (folder / "manifest.json").unlink()
     assert isinstance(Llama.from_hf(folder), Llama)
+
+
+def _folder_with(tmp_path, hf_config=None, state=None, name="model.safetensors"):
+    """A Hugging Face folder: ``config.json`` (TINY's unless given) and one weights file."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "hf"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(hf_config if hf_config is not None else TINY.to_hf_dict()))
+    if state is not None:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / name))
+    return folder
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"rms_norm_eps": -1.0}, "rms_norm_eps must be a finite number > 0, got -1.0"),
+    ({"rms_norm_eps": 0}, "rms_norm_eps must be a finite number > 0"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 0.0}}, "rope_theta must be a finite number > 0"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": -5}}, "rope_theta must be a finite number > 0"),
+    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 0}},
+     "factor must be a finite number > 0"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0, "low_freq_factor": 4.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}},
+     "high_freq_factor (4.0) must be greater than low_freq_factor (4.0)"),
+    ({"vocab_size": None}, "vocab_size is missing"),
+    ({"hidden_size": "64"}, "hidden_size must be an int, got '64'"),
+    ({"num_hidden_layers": 0}, "num_hidden_layers must be >= 1, got 0"),
+    ({"max_position_embeddings": -2}, "max_position_embeddings must be >= 1"),
+    ({"tie_word_embeddings": "yes"}, "tie_word_embeddings must be true or false"),
+])
+def test_from_hf_rejects_nonsensical_configs_naming_field_and_file(tmp_path, change, words):
+    """rms_norm_eps=-1 loaded and gave NaN logits, rope_theta=0 loaded, a missing vocab_size was a KeyError."""
+    hf_config = {**TINY.to_hf_dict(), **change}
+    folder = _folder_with(tmp_path, {k: v for k, v in hf_config.items() if v is not None})
+    with pytest.raises(ValueError) as info:
+        Llama.from_hf(folder)
+    message = str(info.value)
+    assert words in message and str(folder / "config.json") in message, message
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        LlamaConfig.from_hf_dict({k: v for k, v in hf_config.items() if v is not None})
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(norm_eps=-1.0), "norm_eps must be a finite number > 0"),
+    (dict(norm_eps=float("nan")), "norm_eps must be a finite number > 0"),
+    (dict(rope_theta=0.0), "rope_theta must be a finite number > 0"),
+    (dict(rope_theta=float("inf")), "rope_theta must be a finite number > 0"),
+])
+def test_llama_config_rejects_bad_eps_and_theta(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        dataclasses.replace(TINY, **kwargs)
+
+
+def test_from_hf_malformed_config_json_names_the_file(tmp_path):
+    folder = _folder_with(tmp_path)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError) as info:
+        Llama.from_hf(folder)
+    assert str(folder / "config.json") in str(info.value) and "not valid JSON" in str(info.value)
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        Llama.from_hf(folder)
+
+
+def test_tied_config_with_a_distinct_lm_head_is_an_error(tmp_path):
+    tied = dataclasses.replace(TINY, tie_word_embeddings=True)
+    _, hf = tiny_pair(seed=21)
+    state = {k: v.clone() for k, v in hf.state_dict().items()}
+    assert "lm_head.weight" in state and not torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
+    with pytest.raises(ValueError, match="tie_word_embeddings=true, but the checkpoint's lm_head.weight") as info:
+        Llama.from_hf(state, tied)
+    assert "set tie_word_embeddings to false" in str(info.value)
+    folder = _folder_with(tmp_path, tied.to_hf_dict(), state)
+    with pytest.raises(ValueError, match=r"lm_head\.weight \(in .*model\.safetensors\) differs"):
+        Llama.from_hf(folder)
+    # A stored copy equal to the embeddings is fine (some tied checkpoints keep it).
+    state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+    model = Llama.from_hf(state, tied)
+    assert model.output.weight is model.tok_embeddings.weight
+
+
+def test_integer_weight_is_named_with_its_file(tmp_path):
+    _, hf = tiny_pair(seed=22)
+    state = {k: v.clone() for k, v in hf.state_dict().items()}
+    state["model.norm.weight"] = state["model.norm.weight"].long()
+    with pytest.raises(ValueError, match="model.norm.weight must be a floating-point tensor, got int64"):
+        Llama.from_hf(state, TINY)
+    folder = _folder_with(tmp_path, state=state)
+    with pytest.raises(ValueError, match=r"model\.norm\.weight \(in .*model\.safetensors\) must be a floating-point"):
+        Llama.from_hf(folder)
+
+
+def test_index_without_weight_map_and_truncated_shards_name_the_file(tmp_path):
+    _, hf = tiny_pair(seed=23)
+    folder = tmp_path / "sharded"
+    hf.save_pretrained(folder, max_shard_size="100KB")
+    index = folder / "model.safetensors.index.json"
+    good_index = index.read_text()
+    index.write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(CheckpointError, match="weight_map") as info:
+        Llama.from_hf(folder)
+    assert str(index) in str(info.value)
+    index.write_text("{")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        Llama.from_hf(folder)
+    index.write_text(good_index)
+    shard = sorted(folder.glob("model-*.safetensors"))[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="unreadable safetensors file") as info:
+        Llama.from_hf(folder)
+    assert str(shard) in str(info.value)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match="weights file missing") as info:
+        Llama.from_hf(folder)
+    assert str(shard) in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint\n", "pickle"], ids=["empty", "text", "pickle"])
+def test_damaged_bin_shard_is_named_without_unsafe_advice(tmp_path, content):
+    import pickle
+
+    folder = _folder_with(tmp_path)
+    data = pickle.dumps({"a": 1}) if content == "pickle" else content
+    (folder / "pytorch_model.bin").write_bytes(data)
+    with pytest.raises(CheckpointError) as info:
+        Llama.from_hf(folder)
+    message = str(info.value)
+    assert str(folder / "pytorch_model.bin") in message and "weights_only" not in message, message

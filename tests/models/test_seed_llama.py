@@ -8,16 +8,18 @@ from seedfast.generation.generate import generate
 from seedfast.models.seed_llama import (
     LLAMA2_CHAT,
     VICUNA,
-    SeedLlamaTokenizer,
     code_token,
     fill_image_slots,
     get_template,
     image_block,
-    load_seed_llama,
     open_image_codes,
     open_image_position,
     split_generated,
     tiny_visual_vocab,
+)
+from seedfast.models.seed_llama_tokenizer import (
+    SeedLlamaTokenizer,
+    load_seed_llama,
     visual_vocab_from_tokenizer,
 )
 from seedfast.visual_vocab import VisualVocab
@@ -78,9 +80,14 @@ def test_encode_equals_tokenizing_the_official_code_strings(tmp_path):
     codes = [[(3 * k + i) % 64 for k in range(32)] for i in range(2)]
     text = VICUNA.render("<image>a cat <image>at")
     ours = wrapper.encode(text, codes)
-    official = "<s>" + text.replace("<image>", "<img>{}</img>")
-    official = official.format(*("".join(code_token(c) for c in row) for row in codes))
-    assert ours == tok(official, add_special_tokens=False)["input_ids"]
+    # The official algorithm (transformers 4.30.2): split at the added tokens, strip the spaces next to
+    # the visual ones, encode each text piece on its own (this tokenizer has no sentencepiece model).
+    def piece(t):
+        return tok(t, add_special_tokens=False)["input_ids"]
+
+    official = [1, *piece("USER:"), *image_block(codes[0], VOCAB), *piece("a cat"), *image_block(codes[1], VOCAB),
+                *piece("at\nASSISTANT:")]
+    assert ours == official
     assert ours[0] == 1 and ours.count(VOCAB.boi_id) == 2
     assert wrapper.decode(ours) == "USER: a cat at\nASSISTANT:"
     with pytest.raises(ValueError, match="1 <image> placeholder"):
@@ -174,3 +181,12 @@ def test_split_generated():
     # An image cut short (a sampler-error row) is dropped; eos inside text is kept.
     parts = split_generated([5, 2, 6, 320, 256, 257, 2], VOCAB)
     assert parts.image_codes == [] and parts.text_ids == [[5, 2, 6]]
+
+
+def test_tokenizer_names_moved_from_seed_llama_warn_and_work():
+    import seedfast.models.seed_llama as old
+    import seedfast.models.seed_llama_tokenizer as new
+
+    for name in ("SeedLlamaTokenizer", "load_seed_llama", "visual_vocab_from_tokenizer", "official_prompt_ids"):
+        with pytest.warns(DeprecationWarning, match=f"seed_llama.{name} moved to seedfast.models.seed_llama_tokenizer"):
+            assert getattr(old, name) is getattr(new, name)

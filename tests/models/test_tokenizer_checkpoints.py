@@ -420,3 +420,103 @@ def test_version_1_folders_still_load(tmp_path, caplog):
     (path / "config.json").write_text(json.dumps({"format": "seedfast-seed-tokenizer", "version": 3}))
     with pytest.raises(ValueError, match="version 3, this seedfast reads 2"):
         load_tokenizer(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged or foreign official files: one error naming the file, never advice to unpickle
+
+
+def _damaged_files(tmp_path):
+    """name -> path of files that are not state dicts saved by torch.save."""
+    import os
+    import pickle
+
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.randn(64, 64)}, good)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.randn(64, 64)}, legacy, _use_new_zipfile_serialization=False)
+    files = {
+        "text": b"query_tokens 1 32 768\nnot a checkpoint\n",
+        "empty": b"",
+        "truncated-zip": good.read_bytes()[: good.stat().st_size // 2],
+        "truncated-legacy": legacy.read_bytes()[: legacy.stat().st_size // 2],
+        "random-bytes": os.urandom(4096),
+        "plain-pickle": pickle.dumps({"query_tokens": [1.0, 2.0]}),
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = tmp_path / f"{name}.pt"
+        paths[name].write_bytes(data)
+    return paths
+
+
+DAMAGED = ["text", "empty", "truncated-zip", "truncated-legacy", "random-bytes", "plain-pickle"]
+
+
+@pytest.mark.parametrize("name", DAMAGED)
+def test_damaged_official_files_are_one_clear_error(tmp_path, name):
+    """Before: IndexError/KeyError (text), EOFError (empty), RuntimeError/OSError (truncated), and
+    an UnpicklingError recommending weights_only=False (random bytes, plain pickle)."""
+    path = _damaged_files(tmp_path)[name]
+    cfg = SeedTokenizerConfig.tiny()
+    quantizer, eva = official_files(TINY_DIMS, device="cpu")
+    q_path, v_path = _save_pt(quantizer, tmp_path / "q.pt"), _save_pt(eva, tmp_path / "eva.pt")
+    for call in (lambda: load_official(path, v_path, config=cfg),
+                 lambda: load_official(q_path, path, config=cfg),
+                 lambda: SeedTokenizer.from_official(path, v_path, config=cfg),
+                 lambda: convert_official(q_path, path, tmp_path / "out", config=cfg)):
+        with pytest.raises(CheckpointError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith(f"{path}: not a readable PyTorch checkpoint"), message
+        assert "weights_only" not in message and "\n" not in message, message
+    assert not (tmp_path / "out").exists()
+
+
+def _convert_cli(*args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "SEEDFAST_DEBUG"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    return subprocess.run([sys.executable, "-m", "seedfast", "convert", *map(str, args)], env=env, cwd=repo,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+
+
+def test_convert_cli_on_damaged_files_exits_2_with_one_line(tmp_path):
+    paths = _damaged_files(tmp_path)
+    for name in DAMAGED:
+        done = _convert_cli(paths[name], "--out", tmp_path / "out")
+        assert done.returncode == 2, (name, done.stderr)
+        assert "Traceback" not in done.stderr and "weights_only" not in done.stderr, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, (name, done.stderr)
+        assert lines[0].startswith(f"seedfast convert: error: {paths[name]}: not a readable PyTorch checkpoint"), lines
+    assert not (tmp_path / "out").exists()
+    done = _convert_cli(tmp_path / "missing.pt", "--out", tmp_path / "out")
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"seedfast convert: error: checkpoint not found: {tmp_path / 'missing.pt'}"]
+
+
+def test_truncated_version_1_tokenizer_weights_name_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    model = SeedTokenizer(SeedTokenizerConfig.tiny())
+    path = tmp_path / "old"
+    path.mkdir()
+    weights = path / "model.safetensors"
+    save_file(model.state_dict(), str(weights))
+    (path / "config.json").write_text(json.dumps({"format": "seedfast-seed-tokenizer", "version": 1,
+                                                  "config": model.config.to_dict()}))
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="unreadable safetensors file") as info:
+        load_tokenizer(path)
+    assert str(weights) in str(info.value)
+    saved = SeedTokenizer(SeedTokenizerConfig.tiny()).save(tmp_path / "new")
+    (saved / "model.safetensors").write_bytes((saved / "model.safetensors").read_bytes()[:-100])
+    with pytest.raises(CheckpointError) as info:
+        SeedTokenizer.load(saved)
+    assert str(saved / "model.safetensors") in str(info.value)

@@ -63,6 +63,15 @@ def _sample_calls(device: str) -> None:
     kv_lens = torch.tensor([5, 3], device=device)
     logits = torch.randn(3, 18, generator=g).to(device)
     image_pos = torch.tensor([-1, 0, 3], dtype=torch.int32, device=device)
+    # The fused decode ops are inference-only: inputs without gradients.
+    hidden, residual = (torch.randn(3, 16, generator=g).to(device) for _ in range(2))
+    norm_w = torch.randn(16, generator=g).to(device)
+    gate_up = torch.randn(3, 2 * 12, generator=g).to(device)
+    heads, kv_heads, head_dim = 2, 1, 8
+    qkv = torch.randn(3, (heads + 2 * kv_heads) * head_dim, generator=g).to(device)
+    angles = torch.rand(6, head_dim, generator=g).to(device)
+    k_cache, v_cache = (torch.zeros(3, 6, kv_heads, head_dim, device=device) for _ in range(2))
+    positions = torch.tensor([0, 2, 5], device=device)
     for backend in ("triton", "cuda"):
         calls = [
             lambda: sum(x.float().sum() for x in seedfast.ops.vq_quantize(z, codebook, return_counts=True,
@@ -71,6 +80,10 @@ def _sample_calls(device: str) -> None:
             lambda: seedfast.ops.qformer_attention(q, k, v, causal=True, kv_lens=kv_lens, backend=backend).sum(),
             lambda: seedfast.ops.constrained_sample(logits, image_pos, vocab=VOCAB, temperature=0.7, top_p=0.9,
                                                    seed=1, offset=2, backend=backend)[0].float().sum(),
+            lambda: sum(t.sum() for t in seedfast.ops.add_rms_norm(hidden, residual, norm_w, 1e-6, backend=backend)),
+            lambda: seedfast.ops.silu_mul(gate_up, backend=backend).sum(),
+            lambda: seedfast.ops.rope_kv_write(qkv, angles.cos(), angles.sin(), positions, k_cache, v_cache,
+                                               backend=backend).sum(),
         ]
         for call in calls:
             try:

@@ -4,9 +4,14 @@ distribution, and each other."""
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
+import subprocess
+import sys
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -746,7 +751,8 @@ def test_kernels_compile_for_sm80_and_sm90():
             "module": "seedfast.kernels.constrained_sample", "kernel": "_constrained_sample_kernel",
             "signature": dict(signature, logits_ptr=f"*{dt}"),
             "constexprs": {"ROWS": cfg["ROWS"], "BLOCK_V": cfg["BLOCK_V"], "NP": kcs.DEFAULT_NUM_PIVOTS,
-                           "MAX_REFINE": kcs.DEFAULT_MAX_REFINE, "CAP": cfg["CAP"], "CHUNK": cfg["CHUNK"]},
+                           "MAX_REFINE": kcs.DEFAULT_MAX_REFINE, "CAP": cfg["CAP"], "CHUNK": cfg["CHUNK"],
+                           "VEC": 4 if dt == "fp32" else 8},
             "num_warps": cfg["num_warps"],
         })
     specs.append({
@@ -760,3 +766,220 @@ def test_kernels_compile_for_sm80_and_sm90():
     failures = [f for r in results for f in r["failures"]]
     assert not failures, "\n".join(failures)
     assert sum(r["compiled"] for r in results) == 2 * len(specs)
+
+
+@pytest.mark.parametrize(
+    "overrides, name",
+    [
+        (dict(seed=2**64), "seed"),
+        (dict(seed=2**63), "seed"),
+        (dict(seed=-(2**63) - 1), "seed"),
+        (dict(offset=2**70), "offset"),
+        (dict(stream=-(2**64)), "stream"),
+        (dict(top_k=2**70), "top_k"),
+        (dict(top_k=-(2**64)), "top_k"),
+    ],
+)
+def test_ints_beyond_int64_are_a_clear_error(overrides, name):
+    """Python ints outside int64 raised a bare OverflowError from torch.full before."""
+    with pytest.raises(ValueError) as info:
+        _bad(**overrides)()
+    message = str(info.value)
+    expected = f"constrained_sample: {name} must be an int in [-9223372036854775808, 9223372036854775807]"
+    assert expected in message, message
+
+
+@pytest.mark.parametrize("value", [2**63 - 1, -(2**63)])
+def test_int64_limits_are_accepted(value):
+    """The bounds themselves fit: a seed, offset, stream or (off) top_k at either limit runs."""
+    for name in ("seed", "offset", "stream", "top_k"):
+        tokens, _ = _bad(**{name: value})()
+        assert tokens.shape == (2,)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_top_k_at_int64_min_is_off_on_every_backend(backend):
+    logits = torch.randn(2, 17, generator=torch.Generator().manual_seed(3))
+    image_pos = torch.tensor([-1, 0], dtype=torch.int32)
+    off = constrained_sample(logits, image_pos, vocab=SMALL, top_k=0, seed=5, backend=backend)
+    lowest = constrained_sample(logits, image_pos, vocab=SMALL, top_k=-(2**63), seed=5, backend=backend)
+    assert torch.equal(off[0], lowest[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Aligned vector loads, and what the compiled code says
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("start", [0, 1, 3, 5])
+def test_rows_at_any_alignment_read_the_same_tokens(start, dtype, device):
+    """Rows whose first virtual id is not on a 16-byte boundary (odd row stride, odd first code,
+    a view that starts mid-block) and the unvectorised path (``vec=1``) keep the reference's
+    tokens: the elements read beside a row in its 16-byte blocks are never sampled."""
+    vocab = VisualVocab(text_vocab_size=37, first_code_id=39, num_codes=29, boi_id=37, eoi_id=38, eos_id=3)
+    case = random_case(64, vocab, 69, seed=41 + start, device=device, dtype=dtype)
+    # The neighbours in each row's blocks would win every draw if they were read as logits.
+    wide = torch.full((64, 69 + 7 + start), 1e4, dtype=dtype, device=device)
+    wide[:, start:start + 69] = case["logits"]
+    case["logits"] = wide[:, start:start + 69]
+    ref = run({k: v.cpu() for k, v in case.items()}, vocab, "torch")
+    args = (case["logits"], case["image_pos"], case["temperature"], case["top_k"], case["top_p"], case["seed"],
+            case["offset"], torch.arange(64, device=device), tuple(_layout(vocab)))
+    widths = {1, kcs.vector_width(case["logits"])}
+    assert max(widths) == (16 // case["logits"].element_size() if start == 0 else 1)
+    for vec in sorted(widths):
+        for rows, block_v in ((None, None), (1, 16)):
+            out = kcs.constrained_sample_forward(*args, vec=vec, rows=rows, block_v=block_v)
+            assert_grammar(*out, case["logits"], case["image_pos"], vocab)
+            same = out[0].cpu() == ref[0]
+            assert same.float().mean() >= 0.98, (vec, rows)
+            assert same[~(case["temperature"].cpu() > 0)].all()
+    # A vector width the logits' alignment cannot hold is refused.
+    if start % 2:
+        with pytest.raises(AssertionError, match="needs logits aligned"):
+            kcs.constrained_sample_forward(*args, vec=16 // case["logits"].element_size())
+
+
+def test_vector_width_is_16_bytes_on_aligned_logits():
+    x = torch.zeros(4, 40, dtype=torch.float32)
+    assert kcs.vector_width(x) == 4 and kcs.vector_width(x.half()) == 8 and kcs.vector_width(x.bfloat16()) == 8
+    assert kcs.vector_width(x.view(-1)[1:157].view(13, 12)) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_flat_image_rows_with_top_p_half_keep_more_than_any_capacity(dtype, device):
+    """Flat image rows (all codes nearly equally likely) with top-p 0.5 keep thousands of codes:
+    more than the candidate capacity, so the exact whole-row search decides; the draws stay inside
+    the kept set the reference computes and spread over it."""
+    v, b = 152064, 2
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(b, v, generator=g) * 0.01
+    x = x.to(dtype).to(device)
+    pos = torch.tensor([0, 7], dtype=torch.int32, device=device)
+    kw = dict(vocab=AT_END, temperature=1.0, top_p=0.5, seed=5)
+    kept = []
+    for offset in range(3):
+        tokens, _ = constrained_sample(x, pos, offset=offset, backend="triton", **kw)
+        ref, _ = constrained_sample(x.cpu(), pos.cpu(), offset=offset, backend="torch", **kw)
+        assert torch.equal(tokens.cpu(), ref)
+        kept.append(tokens.cpu())
+    # The kept set is about half of the 8192 codes, far above the default capacity.
+    xs = x.float().cpu()[:, AT_END.first_code_id:]
+    w = torch.softmax(xs.double(), 1)
+    order = w.sort(1, descending=True).values.cumsum(1)
+    assert ((order < 0.5).sum(1) > 4 * kcs.launch_config(1, v, None, interpret=False)["CAP"]).all()
+
+
+def test_batch_of_one_at_152064_and_batch_of_1000_agree_with_the_reference(device):
+    x, pos = _big_case(AT_END, 152064, 1, device, dtype=torch.bfloat16)
+    kw = dict(vocab=AT_END, temperature=0.8, top_k=40, top_p=0.9, seed=2, offset=9)
+    one = constrained_sample(x, pos, backend="triton", **kw)[0]
+    assert torch.equal(one.cpu(), constrained_sample(x.cpu(), pos.cpu(), backend="torch", **kw)[0])
+    case = random_case(1000, MID, 47, seed=77, device=device, dtype=torch.float16)
+    out = run(case, MID, "triton")
+    ref = run({k: v.cpu() for k, v in case.items()}, MID, "torch")
+    assert (out[0].cpu() == ref[0]).float().mean() >= 0.998 and torch.equal(out[2].cpu(), ref[2])
+
+
+_EVIDENCE = textwrap.dedent(
+    """
+    import json, pathlib, re, subprocess, sys, tempfile
+    import torch, triton
+    from triton.backends.compiler import GPUTarget
+    from seedfast.kernels import constrained_sample as kcs
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    tool = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    out = []
+    for dt, v, b, cc in json.loads(sys.argv[1]):
+        cfg = kcs.launch_config(b, v, None, interpret=False)
+        fn = kcs._constrained_sample_kernel
+        names = fn.arg_names
+        # The arguments of a real launch on contiguous [B, V] logits with scalar settings; the
+        # integers divisible by 16 and the (16-byte aligned) pointers get the hints Triton
+        # gives them at launch.
+        ints = dict(B=b, stride_row=v, s_temp=0, s_topk=0, s_topp=0, s_seed=0, s_off=0, s_stream=1,
+                    text_vocab=v - 8194, first_code=v - 8192, num_codes=8192, boi_id=v - 8194,
+                    eoi_id=v - 8193, eos_id=2, codes_per_image=32)
+        sig = {n: ("i32" if n in ints else "*i64") for n in names if n not in kcs._KERNEL_CONSTEXPRS}
+        sig.update(logits_ptr="*" + dt, pos_ptr="*i32", temp_ptr="*fp32", topp_ptr="*fp32", next_pos_ptr="*i32",
+                   flags_ptr="*i32", cand_x_ptr="*fp32", cand_id_ptr="*i32")
+        const = {"ROWS": cfg["ROWS"], "BLOCK_V": cfg["BLOCK_V"], "NP": kcs.DEFAULT_NUM_PIVOTS,
+                 "MAX_REFINE": kcs.DEFAULT_MAX_REFINE, "CAP": cfg["CAP"], "CHUNK": cfg["CHUNK"],
+                 "VEC": kcs.vector_width(torch.empty(1, dtype=dtypes[dt]))}
+        sig.update({k: "constexpr" for k in const})
+        hinted = [n for n in names if n.endswith("_ptr") or (n in ints and ints[n] % 16 == 0)]
+        attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in hinted}
+        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
+        k = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": cfg["num_warps"]})
+        with tempfile.TemporaryDirectory() as d:
+            cubin = pathlib.Path(d) / "k.cubin"
+            cubin.write_bytes(k.asm["cubin"])
+            res = subprocess.run([str(tool), "-res-usage", str(cubin)], capture_output=True, text=True,
+                                 check=True).stdout
+            sass = subprocess.run([str(tool), "-sass", str(cubin)], capture_output=True, text=True,
+                                  check=True).stdout
+        usage = dict(re.findall(r"(REG|STACK|LOCAL):(\\d+)", res))
+        ops = re.findall(r"\\b(LDG\\.E(?:\\.[A-Z0-9]+)*|STL(?:\\.[A-Z0-9]+)*|LDL(?:\\.[A-Z0-9]+)*)\\b", sass)
+        out.append(dict(dtype=dt, v=v, sm=cc, regs=int(usage["REG"]), stack=int(usage["STACK"]),
+                        spill_stores=sum(o.startswith("STL") for o in ops),
+                        spill_loads=sum(o.startswith("LDL") for o in ops),
+                        ldg128=sum(o.startswith("LDG") and o.endswith(".128") for o in ops),
+                        ptx_v4=len(re.findall(r"ld\\.global[.a-z0-9]*\\.v4", k.asm["ptx"]))))
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.skipif(os.environ.get("SEEDFAST_SKIP_AOT") == "1", reason="AOT compile disabled")
+def test_compiled_kernel_has_no_spills_and_16_byte_loads():
+    """The shipped GPU configs, compiled for sm_80 and sm_90: no local-memory spills (no
+    ``STL``/``LDL``, no stack) and 128-bit global loads of the logits (``ld.global.v4`` in the
+    PTX, ``LDG.E.128`` in the SASS) for 32- and 16-bit logits."""
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").is_file():
+        pytest.skip("Triton ships no cuobjdump here")
+    cases = [[dt, v, b, cc] for dt, v, b in (("fp32", 40194, 1), ("bf16", 152064, 256), ("fp16", 1000, 8))
+             for cc in (80, 90)]
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+
+    def compile_one(case):
+        proc = subprocess.run([sys.executable, "-c", _EVIDENCE, json.dumps([case])], capture_output=True, text=True,
+                              env=env, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])[0]
+
+    with ThreadPoolExecutor(2) as pool:
+        stats = list(pool.map(compile_one, cases))
+    for s in stats:
+        assert s["spill_stores"] == 0 and s["spill_loads"] == 0 and s["stack"] == 0, s
+        assert s["regs"] <= 255, s
+        assert s["ldg128"] > 0 and s["ptx_v4"] > 0, s
+
+
+@pytest.mark.skipif(os.environ.get("SEEDFAST_SKIP_AOT") == "1", reason="AOT compile disabled")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_cuda_twin_has_no_local_memory_and_16_byte_loads(arch, tmp_path):
+    """``nvcc --resource-usage`` on the CUDA C++ twin: no stack frame and no spills in any dtype
+    variant; its SASS reads the logits with 128-bit loads."""
+    import shutil
+
+    import triton
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not on PATH")
+    source = Path(__file__).resolve().parents[2] / "csrc" / "constrained_sample.cu"
+    cubin = tmp_path / "cs.cubin"
+    proc = subprocess.run([nvcc, "--resource-usage", "-std=c++17", f"-arch={arch}", "-cubin", "-o", str(cubin),
+                           str(source)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    frames = [line for line in proc.stderr.splitlines() if "stack frame" in line]
+    assert len(frames) == 3, proc.stderr  # float, half, bfloat16
+    for line in frames:
+        assert line.split()[:1] == ["0"] and "0 bytes spill stores, 0 bytes spill loads" in line, line
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if tool.is_file():
+        sass = subprocess.run([str(tool), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+        assert "LDG.E.128" in sass

@@ -2,11 +2,17 @@
 reference and a float64 oracle."""
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
+from seedfast.kernels import vq as kvq
 from seedfast.ops import nearest_code, nearest_code_reference, vq_loss_reference, vq_quantize, vq_quantize_reference
 from tests.accuracy import assert_within_baseline, rel_err
 from tests.aot import aot_compile
@@ -327,6 +333,294 @@ def test_torch_compile_fullgraph_matches_eager(device):
         assert torch.allclose(a, b)
 
 
+# ---------------------------------------------------------------------------------------------
+# The forward kernel's internals: codebook splits, large codebooks, ties, compiled code.
+
+
+def _forward_signature(dt):
+    return {
+        "z_ptr": f"*{dt}", "e_ptr": f"*{dt}", "norms_ptr": "*fp32", "codes_ptr": "*i64", "zq_ptr": f"*{dt}",
+        "loss_part_ptr": "*fp32", "counts_ptr": "*i32", "part_min_ptr": "*fp32", "part_idx_ptr": "*i32",
+        "N": "i32", "K": "i32", "D": "i32", "K_SPLIT": "i32", "stride_zn": "i32", "stride_ek": "i32",
+        "stride_qn": "i32", "N_BUCKET": "i32",
+    }
+
+
+def _fused_forward(z, codebook, codes_per_split):
+    return kvq.vq_forward(z, codebook, write_zq=True, write_loss=True, write_counts=True,
+                          codes_per_split=codes_per_split)
+
+
+def _assert_same_forward(split, whole):
+    codes, z_q, loss, counts = split
+    assert torch.equal(codes, whole[0])
+    assert torch.equal(z_q, whole[1])
+    assert torch.equal(counts, whole[3])
+    # The merge kernel sums the loss over other row blocks: same terms, another order.
+    assert torch.allclose(loss, whole[2], rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("n, k, d, per_split", [
+    (1, 17, 16, 5),       # ranges smaller than a tile
+    (37, 1000, 8, 300),   # ranges that end inside a tile
+    (5, 4097, 32, 256),   # one code in the last range
+    (70, 777, 256, 100),  # the largest D
+    (129, 2048, 32, 1024),
+])
+def test_codebook_split_gives_the_same_result(n, k, d, per_split, dtype, device):
+    z, codebook = _inputs(n, k, d, dtype, device, seed=n + k + d)
+    whole = _fused_forward(z, codebook, k)
+    split = _fused_forward(z, codebook, per_split)
+    assert_codes_nearest(whole[0], z, codebook)
+    _assert_same_forward(split, whole)
+    assert torch.equal(kvq.vq_forward(z, codebook, write_zq=False, write_loss=False, write_counts=False,
+                                      codes_per_split=per_split)[0], whole[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("d", [8, 32, 256])
+def test_large_codebook(d, dtype, device):
+    n, k = 31, 65533  # odd sizes: neither is a multiple of a tile
+    z, codebook = _inputs(n, k, d, dtype, device, seed=d)
+    whole = _fused_forward(z, codebook, k)
+    assert_codes_nearest(whole[0], z, codebook)
+    assert torch.equal(whole[1], codebook[whole[0]])
+    assert torch.equal(whole[3].long(), torch.bincount(whole[0], minlength=k))
+    _assert_same_forward(_fused_forward(z, codebook, 8192 + 256), whole)
+
+
+@pytest.mark.parametrize("per_split", [None, 700, 256, 100])
+def test_ties_go_to_lowest_index_within_lanes_across_lanes_and_ranges(per_split, device):
+    z, base = _inputs(60, 256, 32, torch.float32, device, seed=11)
+    expected = torch.cdist(z.double(), base.double()).argmin(1)
+    # Copies 256 codes apart share a lane of the interpreter's 256-code tile (a tie within a
+    # lane across tiles); copies 300 apart sit in other lanes; ranges of 100 or 256 codes put
+    # the copies in other ranges too.
+    for codebook in (torch.cat([base, base, base]), torch.cat([base, base[:44], base])):
+        codes = _fused_forward(z, codebook, per_split)[0]
+        assert torch.equal(codes, expected)
+    same = base[:1].expand(701, 32).contiguous()
+    assert (_fused_forward(z, same, per_split)[0] == 0).all()
+
+
+def test_codebook_split_keeps_the_non_finite_policy(device):
+    z, codebook = _inputs(64, 600, 32, torch.float32, device, seed=6)
+    z[5, 7] = float("nan")
+    z[9, 0] = float("inf")
+    z[11, 2] = -float("inf")
+    codebook[3, 4] = float("nan")
+    codebook[17, 0] = float("inf")
+    codebook[450, 1] = -float("inf")
+    whole = _fused_forward(z, codebook, 600)
+    assert whole[0][5] == 0 and whole[0][9] == 0 and whole[0][11] == 0
+    assert not any(c in (3, 17, 450) for c in whole[0].tolist())
+    for per_split in (300, 128, 7):
+        _assert_same_forward(_fused_forward(z, codebook, per_split), whole)
+    # A codebook whose every code is poisoned: every row gets the lowest index, 0.
+    poisoned = codebook.clone()
+    poisoned[:, 0] = float("nan")
+    for per_split in (600, 128):
+        assert (_fused_forward(z, poisoned, per_split)[0] == 0).all()
+
+
+def test_automatic_codebook_split():
+    # SEED's N = 8192 on an H100's 132 SMs: 64 row blocks of 128 become 64 × 5 programs.
+    assert kvq.auto_codes_per_split(8192, 8192, 132) == 1792
+    # Enough row blocks already: one range.
+    assert kvq.auto_codes_per_split(262144, 8192, 132) == 8192
+    # One row: as many ranges as SPLIT_ALIGN allows.
+    assert kvq.auto_codes_per_split(1, 8192, 132) == kvq.SPLIT_ALIGN
+    # A codebook of one aligned range or less is never split.
+    assert kvq.auto_codes_per_split(1, 100, 132) == 100
+    assert kvq.auto_codes_per_split(1, 256, 132) == 256
+    for n in (1, 100, 8192, 20000, 40000):
+        for k in (257, 8192, 65536, 262144):
+            per = kvq.auto_codes_per_split(n, k, 132)
+            assert per == k or per % kvq.SPLIT_ALIGN == 0
+            row_blocks, splits = -(-n // 128), -(-k // per)
+            # The partial buffers (splits × N) stay O(N + SMs): about 2 programs per SM at most.
+            assert splits == 1 or splits * row_blocks <= 2 * kvq.PROGRAMS_PER_SM * 132
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
+def test_codes_per_split_must_be_a_positive_int(bad, device):
+    z, codebook = _inputs(4, 16, 16, torch.float32, device)
+    with pytest.raises(ValueError, match="codes_per_split must be a positive int"):
+        kvq.vq_forward(z, codebook, write_zq=False, write_loss=False, write_counts=False, codes_per_split=bad)
+
+
+def test_forward_autotunes_per_output_set_and_split():
+    """nearest_code (codes only), vq_quantize (codes, z_q, loss, counts) and split launches
+    tune separately: the WRITE_* flags and the split are in the autotune key."""
+    assert {"WRITE_ZQ", "WRITE_LOSS", "WRITE_COUNTS", "PARTIAL", "K_SPLIT"} <= set(kvq._vq_forward_kernel.keys)
+
+
+def test_forward_configs_are_pruned_per_dtype_and_feature_tile():
+    """fp32 (three tf32 passes) gets the 16-element-per-thread tiles, bf16/fp16 the 32-element
+    ones, and D > 64 no 128-code tiles (the compiled-code test holds D = 32 spill-free)."""
+    configs = kvq._fwd_gpu_configs()
+
+    def picked(dtype, block_d):
+        z = torch.empty(0, dtype=dtype)
+        return {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+                for c in kvq._prune_fwd_configs(configs, {"z_ptr": z}, BLOCK_D=block_d)}
+
+    assert picked(torch.float32, 32) == {(128, 32, 8, 3), (64, 32, 4, 3)}
+    assert picked(torch.bfloat16, 32) == picked(torch.float16, 32) == {
+        (128, 64, 8, 3), (128, 64, 8, 4), (64, 128, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4)}
+    assert picked(torch.bfloat16, 256) == {(128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3), (64, 64, 4, 4)}
+    # The interpreter's single config is never pruned away.
+    assert kvq._prune_fwd_configs(configs[:1], {"z_ptr": torch.empty(0)}, BLOCK_D=256) == configs[:1]
+
+
+_INSPECT = textwrap.dedent(
+    """
+    import json, os, subprocess, sys, tempfile
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from seedfast.kernels import vq
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    out = []
+    for spec in json.loads(sys.argv[1]):
+        kernel = getattr(vq, spec["kernel"])
+        # "options": None compiles at every config the autotuner would try on a GPU for this case.
+        if spec["options"] is None:
+            dtype = getattr(torch, spec["dtype"])
+            variants = [(dict(spec["constexprs"], **c.kwargs), {"num_warps": c.num_warps, "num_stages": c.num_stages})
+                        for c in kernel.configs if vq.fwd_config_fits(c, dtype, spec["constexprs"]["BLOCK_D"])]
+        else:
+            variants = [(spec["constexprs"], spec["options"])]
+        for constexprs, options in variants:
+            signature = dict(spec["signature"], **{k: "constexpr" for k in constexprs})
+            jit = kernel.fn if hasattr(kernel, "configs") else kernel  # an Autotuner wraps its JITFunction
+            src = triton.compiler.ASTSource(fn=jit, signature=signature,
+                                            constexprs=constexprs)
+            compiled = triton.compile(src, target=GPUTarget("cuda", spec["cc"], 32), options=options)
+            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                f.write(compiled.asm["cubin"])
+                f.flush()
+                res = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+                sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+            out.append({"spec": dict(spec, constexprs=constexprs, options=options),
+                        "ptx": compiled.asm["ptx"], "sass": sass, "res": res})
+    print(json.dumps(out))
+    """
+)
+
+
+def _compiled_code(specs):
+    """PTX, SASS and ``cuobjdump -res-usage`` of each spec (and config), compiled ahead of time
+    (no GPU); each result carries the spec it was compiled from."""
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    proc = subprocess.run([sys.executable, "-c", _INSPECT, json.dumps(specs)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _sass_loops(sass):
+    """``(start, end)`` addresses of every backward branch's loop in a SASS listing."""
+    loops = []
+    for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?BRA[.A-Z0-9]*\s[^;]*?(0x[0-9a-f]+)", sass):
+        if int(m.group(2), 16) < int(m.group(1), 16):
+            loops.append((int(m.group(2), 16), int(m.group(1), 16)))
+    return loops
+
+
+def _sass_addresses(sass, opcode):
+    pattern = rf"/\*([0-9a-f]{{4,}})\*/\s+(?:@!?U?P[T0-9]+\s+)?{opcode}\b"
+    return [int(m.group(1), 16) for m in re.finditer(pattern, sass)]
+
+
+pytest_aot = pytest.mark.skipif(os.environ.get("SEEDFAST_SKIP_AOT") == "1", reason="AOT compile disabled")
+
+
+@pytest_aot
+def test_atomics_are_relaxed_without_fences():
+    """The codebook-gradient scatter and the usage counts compile to relaxed atomics: no
+    acq_rel/sc fence in the PTX and no GPU-scope ``MEMBAR`` or ``CCTL.IVALL`` in the SASS
+    (acq_rel wrapped every ``ATOMG`` in ``MEMBAR.ALL.GPU`` … ``CCTL.IVALL``)."""
+    specs = []
+    for cc in (80, 90):
+        specs.append({
+            "kernel": "_vq_backward_kernel", "cc": cc, "options": {"num_warps": 4},
+            "signature": {
+                "z_ptr": "*bf16", "e_ptr": "*bf16", "codes_ptr": "*i64", "gzq_ptr": "*bf16", "gloss_ptr": "*fp32",
+                "gz_ptr": "*bf16", "ge_acc_ptr": "*fp32", "N": "i32", "D": "i32", "stride_zn": "i32",
+                "stride_ek": "i32", "stride_gqn": "i32", "coeff_z": "fp32", "coeff_e": "fp32",
+            },
+            "constexprs": {"BLOCK_D": 32, "BLOCK_N": 64, "HAS_GZQ": True, "HAS_GLOSS": True, "WRITE_GZ": True,
+                           "SCATTER": True, "INTERPRET_BF16": False},
+        })
+        specs.append({
+            "kernel": "_vq_forward_kernel", "cc": cc, "options": {"num_warps": 4, "num_stages": 3},
+            "signature": _forward_signature("bf16"),
+            "constexprs": {"BLOCK_D": 32, "WRITE_ZQ": True, "WRITE_LOSS": True, "WRITE_COUNTS": True,
+                           "PARTIAL": False, "INTERPRET_BF16": False, "PRECISION": "ieee",
+                           "BLOCK_N": 64, "BLOCK_K": 64},
+        })
+        specs.append({
+            "kernel": "_vq_merge_kernel", "cc": cc, "options": {"num_warps": 4},
+            "signature": {
+                "z_ptr": "*bf16", "e_ptr": "*bf16", "part_min_ptr": "*fp32", "part_idx_ptr": "*i32",
+                "codes_ptr": "*i64", "zq_ptr": "*bf16", "loss_part_ptr": "*fp32", "counts_ptr": "*i32",
+                "N": "i32", "D": "i32", "N_SPLIT": "i32", "stride_zn": "i32", "stride_ek": "i32", "stride_qn": "i32",
+            },
+            "constexprs": {"BLOCK_D": 32, "BLOCK_N": 64, "WRITE_ZQ": True, "WRITE_LOSS": True, "WRITE_COUNTS": True,
+                           "INTERPRET_BF16": False},
+        })
+    for code in _compiled_code(specs):
+        spec = code["spec"]
+        what = f"{spec['kernel']} sm_{spec['cc']}"
+        atomics = [line for line in code["ptx"].splitlines() if re.search(r"\b(atom|red)\.", line)]
+        assert atomics, f"{what}: no atomics in the PTX"
+        assert all(".relaxed" in line for line in atomics), f"{what}: not relaxed: {atomics[:3]}"
+        # The forward's wgmma keeps its shared-memory proxy fences (fence.proxy.async, a CTA
+        # MEMBAR): those order the dot's operands, not global memory.
+        assert not re.search(r"\bfence\.(acq_rel|sc|acquire|release)\b|\bmembar\.(gl|sys)\b", code["ptx"]), \
+            f"{what}: a global memory fence in the PTX"
+        assert not re.search(r"MEMBAR\.[A-Z.]*(GPU|SYS)|CCTL\.IVALL", code["sass"]), f"{what}: a GPU fence in the SASS"
+        assert re.search(r"\b(ATOMG|REDG|RED|ATOM)\.", code["sass"]), f"{what}: no global atomics in the SASS"
+
+
+@pytest_aot
+@pytest.mark.parametrize("cc", [80, 90])
+def test_forward_hot_loop_uses_tensor_cores_without_spills(cc):
+    """At every config the autotuner can pick, for SEED's D = 32 in every dtype, with and
+    without the z_q/loss/count writes, the forward's codebook loop issues tensor-core
+    instructions (HGMMA on sm_90, HMMA on sm_80) and the kernel spills nothing to local memory."""
+    cases = [(dt, 32) for dt in ("bfloat16", "float16", "float32")]
+    names = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+    specs = [
+        {
+            "kernel": "_vq_forward_kernel", "cc": cc, "options": None, "dtype": dt,
+            "signature": _forward_signature(names[dt]),
+            "constexprs": {"BLOCK_D": bd, "WRITE_ZQ": write, "WRITE_LOSS": write, "WRITE_COUNTS": write,
+                           "PARTIAL": not write, "INTERPRET_BF16": False,
+                           "PRECISION": "tf32x3" if dt == "float32" else "ieee"},
+        }
+        for dt, bd in cases
+        for write in (True, False)
+    ]
+    expected = sum(kvq.fwd_config_fits(c, getattr(torch, spec["dtype"]), spec["constexprs"]["BLOCK_D"])
+                   for spec in specs for c in kvq._fwd_gpu_configs())
+    tensor_core = "HGMMA" if cc == 90 else "HMMA"
+    results = _compiled_code(specs)
+    assert len(results) == expected
+    for code in results:
+        spec = code["spec"]
+        what = f"sm_{cc} {spec['signature']['z_ptr']} {spec['constexprs']} {spec['options']}"
+        local = re.search(r"LOCAL:(\d+)", code["res"])
+        assert local and int(local.group(1)) == 0, f"{what}: local memory {code['res']}"
+        assert "STL" not in code["sass"], f"{what}: spill stores"
+        loops = _sass_loops(code["sass"])
+        mma = _sass_addresses(code["sass"], tensor_core)
+        assert any(lo <= a <= hi for a in mma for lo, hi in loops), f"{what}: no {tensor_core} in a loop"
+
+
 @pytest.mark.skipif(os.environ.get("SEEDFAST_SKIP_AOT") == "1", reason="AOT compile disabled")
 def test_kernels_compile_for_sm80_and_sm90():
     specs = []
@@ -334,14 +628,26 @@ def test_kernels_compile_for_sm80_and_sm90():
         for write in (True, False):
             specs.append({
                 "module": "seedfast.kernels.vq", "kernel": "_vq_forward_kernel",
-                "signature": {
-                    "z_ptr": f"*{dt}", "e_ptr": f"*{dt}", "codes_ptr": "*i64", "zq_ptr": f"*{dt}",
-                    "loss_part_ptr": "*fp32", "counts_ptr": "*i32", "N": "i32", "K": "i32", "D": "i32",
-                    "stride_zn": "i32", "stride_ek": "i32", "stride_qn": "i32", "N_BUCKET": "i32",
-                },
+                "signature": _forward_signature(dt),
                 "constexprs": {"BLOCK_D": 32, "WRITE_ZQ": write, "WRITE_LOSS": write, "WRITE_COUNTS": write,
-                               "INTERPRET_BF16": False, "PRECISION": "tf32x3" if dt == "fp32" else "ieee"},
+                               "PARTIAL": not write, "INTERPRET_BF16": False,
+                               "PRECISION": "tf32x3" if dt == "fp32" else "ieee"},
             })
+        specs.append({
+            "module": "seedfast.kernels.vq", "kernel": "_vq_merge_kernel",
+            "signature": {
+                "z_ptr": f"*{dt}", "e_ptr": f"*{dt}", "part_min_ptr": "*fp32", "part_idx_ptr": "*i32",
+                "codes_ptr": "*i64", "zq_ptr": f"*{dt}", "loss_part_ptr": "*fp32", "counts_ptr": "*i32",
+                "N": "i32", "D": "i32", "N_SPLIT": "i32", "stride_zn": "i32", "stride_ek": "i32", "stride_qn": "i32",
+            },
+            "constexprs": {"BLOCK_D": 32, "BLOCK_N": 64, "WRITE_ZQ": True, "WRITE_LOSS": True, "WRITE_COUNTS": True,
+                           "INTERPRET_BF16": False},
+        })
+        specs.append({
+            "module": "seedfast.kernels.vq", "kernel": "_vq_code_norms_kernel",
+            "signature": {"e_ptr": f"*{dt}", "norms_ptr": "*fp32", "K": "i32", "D": "i32", "stride_ek": "i32"},
+            "constexprs": {"BLOCK_D": 32, "BLOCK_K": 64},
+        })
         specs.append({
             "module": "seedfast.kernels.vq", "kernel": "_vq_backward_kernel",
             "signature": {
@@ -362,4 +668,42 @@ def test_kernels_compile_for_sm80_and_sm90():
         })
     result = aot_compile(specs)
     assert not result["failures"], "\n".join(result["failures"])
-    assert result["compiled"] == 3 * (2 * 5 + 2) * 2
+    # Per dtype: 2 forward variants × 7 configs, backward, segments, merge, norms; two targets each.
+    assert result["compiled"] == 3 * (2 * 7 + 2 + 2) * 2
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_non_finite_rows_give_z_q_equal_to_their_code(backend, device):
+    """A row with NaN or ±inf gets code 0 and z_q = codebook[0] exactly (not NaN), on every backend;
+    the straight-through gradient to the finite rows stays the identity."""
+    z, codebook = _inputs(12, 50, 16, torch.float32, device, seed=8)
+    z[1, 3] = float("nan")
+    z[4, 0] = float("inf")
+    z[7, 15] = -float("inf")
+    z.requires_grad_()
+    out = vq_quantize(z, codebook, backend=backend)
+    assert out.codes[1] == 0 and out.codes[4] == 0 and out.codes[7] == 0
+    assert torch.equal(out.z_q.detach(), codebook[out.codes])
+    gz, = torch.autograd.grad(out.z_q.sum(), (z,))
+    finite_rows = torch.isfinite(z.detach()).all(1)
+    assert torch.equal(gz[finite_rows], torch.ones_like(gz[finite_rows]))
+
+
+@pytest.mark.parametrize("scale", [1e5, 1e6, 1e17, 1e30])
+def test_reference_codes_stay_right_for_large_z(scale):
+    """The reference (the CPU path and the oracle) must not lose the code differences to ‖z‖²:
+    with codes of norm ≈ 1 and |z| up to 1e30 its codes equal the float64 argmin."""
+    z, codebook = _inputs(2000, 1000, 32, torch.float32, "cpu", seed=9)
+    z = z * scale
+    e64 = codebook.double()
+    expected = (e64.pow(2).sum(1) - 2 * z.double() @ e64.t()).argmin(1)
+    assert torch.equal(nearest_code_reference(z, codebook), expected)
+    assert torch.equal(vq_quantize(z, codebook, backend="torch").codes, expected)
+
+
+@pytest.mark.parametrize("op", [vq_quantize, nearest_code])
+def test_zero_code_dimension_is_a_clear_error(op):
+    with pytest.raises(ValueError, match=r"code dimension D >= 1, got shape \(8, 0\)"):
+        op(torch.randn(4, 0), torch.randn(8, 0))
+    with pytest.raises(ValueError, match="last dimension"):
+        op(torch.randn(4, 0), torch.randn(8, 16))
