@@ -1,7 +1,8 @@
-"""SEED-LLaMA's text tokenizer: prompt text to the ids the official scripts give, plus the visual tokens.
+"""SEED-LLaMA's text tokenizer: prompt text to ids by the official scripts' algorithm, plus the visual tokens.
 
-Prompt text is tokenized as the official scripts' tokenizer did under the transformers version
-they pin (4.30.2, a slow ``LlamaTokenizer`` with the visual tokens added by ``add_tokens``):
+Prompt text is tokenized by the algorithm of the official scripts' tokenizer under the
+transformers version they pin (4.30.2, a slow ``LlamaTokenizer`` with the visual tokens added by
+``add_tokens``), as read from that version's source:
 
 1. the string is split at the added tokens (``<s>``, ``</s>``, ``<unk>``, ``<img>``, ``</img>``,
    ``<img_%05d>``);
@@ -10,9 +11,10 @@ they pin (4.30.2, a slow ``LlamaTokenizer`` with the visual tokens added by ``ad
 3. each remaining text piece is encoded on its own by the sentencepiece model (which adds its
    dummy-prefix ``▁`` to every piece), no special tokens added.
 
-:func:`official_prompt_ids` implements exactly that, so the ids do not depend on the installed
+:func:`official_prompt_ids` implements those steps, so the ids do not depend on the installed
 transformers version (newer versions tokenize the whole string in one pass and give different
-ids next to the image markers).
+ids next to the image markers). The tests check the steps on a stand-in vocabulary with
+transformers 4.45 and 5.25; ids produced by transformers 4.30.2 itself have not been compared yet.
 """
 from __future__ import annotations
 
