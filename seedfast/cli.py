@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (model.safetensors + config.json)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.set_defaults(func=_cmd_convert)
+    for command in sub.choices.values():
+        # Also after the command (`seedfast generate ... --debug`); SUPPRESS keeps a --debug given before it.
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="on an error, show the traceback before the one-line message")
     return parser
 
 

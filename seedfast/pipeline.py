@@ -13,16 +13,15 @@ on the batch it runs in or its row there.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from seedfast.generation.generate import GenerationOutput, generate
+from seedfast.generation.generate import generate
+from seedfast.generation.sampling import GENERATION_CONFIG_FILE, SamplingParams
 from seedfast.models.detokenizer import SeedDetokenizer
 from seedfast.models.llama import Llama
 from seedfast.models.preprocess import clip_preprocess
@@ -30,74 +29,76 @@ from seedfast.models.seed_llama import (
     BOI_TOKEN,
     IMAGE_PLACEHOLDER,
     LLAMA2_CHAT,
+    PLAIN,
     VICUNA,
     PromptTemplate,
     get_template,
 )
 from seedfast.models.seed_llama_tokenizer import SeedLlamaTokenizer, visual_vocab_from_tokenizer
 from seedfast.models.seed_tokenizer import SeedTokenizer
+from seedfast.visual_vocab import VisualVocab
 
-GENERATION_CONFIG_FILE = "generation_config.json"
-TEMPLATE_NAMES = {"8b": VICUNA, "14b": LLAMA2_CHAT, "vicuna": VICUNA, "llama2": LLAMA2_CHAT}
-"""``--template`` values: SEED-LLaMA 8B speaks Vicuna, 14B LLaMA-2 chat."""
+TEMPLATE_NAMES = {"8b": VICUNA, "14b": LLAMA2_CHAT, "vicuna": VICUNA, "llama2": LLAMA2_CHAT, "plain": PLAIN}
+"""``--template`` values: SEED-LLaMA 8B speaks Vicuna, 14B LLaMA-2 chat; ``plain`` uses the text as it is."""
 _TEMPLATE_BY_WIDTH = {4096: VICUNA, 5120: LLAMA2_CHAT}
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """How SEED-LLaMA samples (the official scripts' defaults: temperature 1, top-p 0.5, top-k 50).
+@runtime_checkable
+class TextTokenizer(Protocol):
+    """What the pipeline needs of a text tokenizer (:class:`SeedLlamaTokenizer`, or the demo's words)."""
+
+    vocab: VisualVocab
+
+    def encode(self, text: str, image_codes: Sequence[Sequence[int] | torch.Tensor] = ()) -> list[int]:
+        """Prompt ids, bos first, each ``<image>`` of ``text`` replaced by the next image's block."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text ids → a string."""
+        ...
+
+
+@runtime_checkable
+class ImageDetokenizer(Protocol):
+    """What the pipeline needs of a de-tokenizer (:class:`SeedDetokenizer`, or the demo's)."""
+
+    embed_dim: int
+
+    def decode(self, embeddings: torch.Tensor, *, seed: int | Sequence[int] = 0) -> torch.Tensor:
+        """Generation embeddings ``[B, E]`` → images ``[B, 3, H, W]`` float in [0, 1]."""
+        ...
+
+
+@dataclass
+class Reply:
+    """SEED-LLaMA's answer to one request.
 
     Attributes
     ----------
-    max_new_tokens : int
-    temperature : float
-        ``0``: greedy.
-    top_k : int
-        ``<= 0``: off.
-    top_p : float
-        In (0, 1]; ``1``: off.
+    prompt_ids : list of int
+        The prompt as the model saw it (bos, template and image blocks included).
+    token_ids : list of int
+        Generated ids, the final eos included when the row stopped on it.
+    text_segments : list of str
+        The text before, between and after the generated images (``len(image_codes) + 1``).
+    image_codes : Tensor ``[n_images, 32]``, int64
+    images : Tensor ``[n_images, 3, H, W]`` float in [0, 1], or None
+        The generated images decoded (when the pipeline has a de-tokenizer).
+    finish_reason : {"eos", "length", "error"}
+        ``"length"``: the answer was cut at ``max_new_tokens``.
     """
 
-    max_new_tokens: int = 120
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 0.5
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text_segments: list[str]
+    image_codes: torch.Tensor
+    images: torch.Tensor | None
+    finish_reason: str
 
-    def replace(self, **overrides: Any) -> SamplingParams:
-        """These settings with the given (non-None) ones replacing them."""
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
-
-    @classmethod
-    def from_generation_config(cls, folder: str | Path) -> SamplingParams:
-        """Defaults from a checkpoint's ``generation_config.json`` (absent: the official defaults).
-
-        ``do_sample: false`` means greedy (temperature 0); ``max_new_tokens``, ``temperature``,
-        ``top_k`` and ``top_p`` are taken when present.
-
-        Raises
-        ------
-        ValueError
-            The file is not JSON, or a value has the wrong type (naming the file and key).
-        """
-        path = Path(folder) / GENERATION_CONFIG_FILE
-        if not path.is_file():
-            return cls()
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not valid JSON ({' '.join(str(err).split())})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object")
-        kinds = {"max_new_tokens": int, "temperature": (int, float), "top_k": int, "top_p": (int, float)}
-        values: dict[str, Any] = {}
-        for key, kind in kinds.items():
-            if key in data and data[key] is not None:
-                if isinstance(data[key], bool) or not isinstance(data[key], kind):
-                    raise ValueError(f"{path}: {key} must be a number, got {data[key]!r}")
-                values[key] = data[key]
-        if data.get("do_sample") is False:
-            values["temperature"] = 0.0
-        return cls(**values)
+    @property
+    def text(self) -> str:
+        """The text with ``<image>`` where each generated image is."""
+        return IMAGE_PLACEHOLDER.join(self.text_segments)
 
 
 def infer_template(llm: Llama) -> PromptTemplate | None:
@@ -155,14 +156,18 @@ class SeedPipeline:
         Images ↔ codes; its generation head makes the de-tokenizer's embeddings.
     llm : Llama, optional
         SEED-LLaMA (needed by :meth:`text_to_image`, :meth:`caption`, :meth:`chat`).
-    text_tokenizer : SeedLlamaTokenizer, optional
-        Needed with ``llm`` for string prompts.
-    detokenizer : SeedDetokenizer, optional
-        Codes → pixels (needed by :meth:`detokenize` and :meth:`text_to_image`).
-    template : PromptTemplate or {"8b", "14b", "vicuna", "llama2"}, optional
+    text_tokenizer : TextTokenizer, optional
+        Needed with ``llm``: a :class:`SeedLlamaTokenizer`, or any object with ``vocab``,
+        ``encode(text, image_codes)`` and ``decode(ids)``.
+    detokenizer : ImageDetokenizer, optional
+        Codes → pixels (needed by :meth:`detokenize`, and by :meth:`text_to_image` for pixels).
+    template : PromptTemplate or {"8b", "14b", "vicuna", "llama2", "plain"}, optional
         Default: inferred from the LLM's width (:func:`infer_template`).
     sampling : SamplingParams, optional
-        Defaults under the per-call arguments.
+        Defaults for answers, under the per-call arguments.
+    image_sampling : SamplingParams, optional
+        Defaults for :meth:`text_to_image` (its ``max_new_tokens`` is always one image's worth);
+        default ``sampling``, as the official scripts use one setting for both.
     preprocess : callable, optional
         Raw pixels ``[B, 3, H, W]`` → the tokenizer's input; default the official transform
         (:func:`clip_preprocess` at the tokenizer's image size).
@@ -171,12 +176,17 @@ class SeedPipeline:
     ------
     ValueError
         The parts do not fit together (codebook size, vocabulary, embedding width).
+
+    Notes
+    -----
+    Every request samples on stream 0 with its own seed, so its output does not depend on the
+    batch it runs in or its row there. A single ``seed`` is every request's seed.
     """
 
     def __init__(self, tokenizer: SeedTokenizer, llm: Llama | None = None,
-                 text_tokenizer: SeedLlamaTokenizer | None = None, detokenizer: SeedDetokenizer | None = None, *,
+                 text_tokenizer: TextTokenizer | None = None, detokenizer: ImageDetokenizer | None = None, *,
                  template: PromptTemplate | str | None = None, sampling: SamplingParams | None = None,
-                 preprocess: Any = None) -> None:
+                 image_sampling: SamplingParams | None = None, preprocess: Any = None) -> None:
         self.tokenizer = tokenizer
         self.llm = llm
         self.text_tokenizer = text_tokenizer
@@ -186,6 +196,7 @@ class SeedPipeline:
         self.template = get_template(template) if template is not None else (
             infer_template(llm) if llm is not None else None)
         self.sampling = sampling or SamplingParams()
+        self.image_sampling = image_sampling or self.sampling
         size = tokenizer.config.image_size
         self.preprocess = preprocess or (lambda pixels: clip_preprocess(pixels, size=size))
         self.check()
@@ -258,7 +269,8 @@ class SeedPipeline:
     load = from_pretrained
 
     @property
-    def vocab(self):
+    def vocab(self) -> VisualVocab:
+        """Where text, codes, ``<img>``, ``</img>`` and eos sit among the LLM's ids."""
         if self.text_tokenizer is None:
             raise ValueError("this pipeline has no text tokenizer (load it with llm=)")
         return self.text_tokenizer.vocab
@@ -288,24 +300,26 @@ class SeedPipeline:
         if self.detokenizer is None:
             raise ValueError("this pipeline has no de-tokenizer (load it with detokenizer=)")
         codes = torch.as_tensor(codes, dtype=torch.int64, device=self.device)
-        seeds = [seed] * len(codes) if isinstance(seed, int) else list(seed)
-        return self.detokenizer.decode(self.tokenizer.generation_embedding(codes), seed=seeds)
+        return self.detokenizer.decode(self.tokenizer.generation_embedding(codes), seed=_seeds(seed, len(codes)))
 
-    def _codes(self, images: Any) -> list[list[int]]:
+    def codes(self, images: Any) -> list[list[int]]:
+        """Images in any form :meth:`tokenize` takes, or codes ``[B, 32]`` / ``[32]`` (an integer
+        tensor other than uint8, or nested lists of ints), as lists of codes."""
         if isinstance(images, torch.Tensor) and not images.is_floating_point() and images.dtype != torch.uint8:
-            codes = images[None] if images.dim() == 1 else images
-            return codes.tolist()
+            return (images[None] if images.dim() == 1 else images).tolist()
+        if isinstance(images, (list, tuple)) and images and all(isinstance(c, int) for c in images):
+            return [list(images)]
+        if isinstance(images, (list, tuple)) and images and all(isinstance(i, (list, tuple)) for i in images):
+            return [[int(c) for c in row] for row in images]
         return self.tokenize(images).tolist()
 
-    # -- SEED-LLaMA ----------------------------------------------------------------------------
+    def _one_image(self, image: Any, where: str) -> list[int]:
+        codes = self.codes(image)
+        if len(codes) != 1:
+            raise ValueError(f"{where} must be one image, got {len(codes)}")
+        return codes[0]
 
-    def _generate(self, texts: list[str], codes: list[list[list[int]]], seed: int | Sequence[int],
-                  sampling: SamplingParams) -> list[GenerationOutput]:
-        seeds = [seed] * len(texts) if isinstance(seed, int) else list(seed)
-        prompts = [self.text_tokenizer.encode(t, c) for t, c in zip(texts, codes)]
-        return generate(self.llm, prompts, vocab=self.vocab, tokenizer=None, max_new_tokens=sampling.max_new_tokens,
-                        temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, seed=seeds,
-                        stream=0)
+    # -- SEED-LLaMA ----------------------------------------------------------------------------
 
     def render(self, turns: str | Sequence[str]) -> str:
         """The prompt string (without bos) of one question or alternating turns, by this pipeline's template.
@@ -322,55 +336,93 @@ class SeedPipeline:
         return self.template.render(turns)
 
     @torch.no_grad()
-    def text_to_image(self, prompts: str | Sequence[str], *, seed: int | Sequence[int] = 0,
-                      **sampling: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts → ``(codes [B, 32], images [B, 3, H, W])``: the template, then a forced ``<img>``.
+    def complete(self, texts: Sequence[str], images: Sequence[Sequence[Any]] | None = None, *,
+                 seed: int | Sequence[int] = 0, sampling: SamplingParams | Sequence[SamplingParams] | None = None,
+                 progress: bool = False) -> list[Reply]:
+        """Rendered prompts (see :meth:`render`) → SEED-LLaMA's replies, generated images decoded.
 
-        ``sampling`` overrides :attr:`sampling` (``temperature``, ``top_k``, ``top_p``);
+        Parameters
+        ----------
+        texts : sequence of str
+            Prompt strings without bos; ``<image>`` marks where each of the request's images goes,
+            a final ``<img>`` makes the model draw.
+        images : sequence, optional
+            Per request, its images (codes ``[32]`` or anything :meth:`codes` takes, one image each).
+        seed : int or one per request
+        sampling : SamplingParams or one per request, optional
+            Default :attr:`sampling`.
+        progress : bool
+            A progress bar over decode steps.
+
+        Raises
+        ------
+        ValueError
+            Bad arguments, a prompt beyond the model's context (see
+            :func:`seedfast.generation.generate`), or a ``<image>`` count that differs from the
+            request's images.
+        """
+        if self.llm is None or self.text_tokenizer is None:
+            raise ValueError("this pipeline has no LLM and text tokenizer (load them with llm=)")
+        texts = list(texts)
+        images = [[] for _ in texts] if images is None else [list(i) for i in images]
+        if len(images) != len(texts):
+            raise ValueError(f"images must hold one list per prompt ({len(texts)}), got {len(images)}")
+        seeds = _seeds(seed, len(texts))
+        codes = [[self._one_image(image, f"images[{r}][{j}]") for j, image in enumerate(row)]
+                 for r, row in enumerate(images)]
+        prompts = [self.text_tokenizer.encode(t, c) for t, c in zip(texts, codes)]
+        outputs = generate(self.llm, prompts, sampling if sampling is not None else self.sampling, vocab=self.vocab,
+                           seed=seeds, stream=0, progress=progress)
+        replies = [Reply(o.prompt_ids, o.token_ids, [self.text_tokenizer.decode(t) for t in o.text_ids],
+                         o.image_codes, None, o.finish_reason) for o in outputs]
+        drawn = [(r, s) for r, s in zip(replies, seeds) if len(r.image_codes)]
+        if drawn and self.detokenizer is not None:
+            all_codes = torch.cat([r.image_codes for r, _ in drawn])
+            pixels = self.detokenize(all_codes, seed=[s for r, s in drawn for _ in range(len(r.image_codes))])
+            for (r, _), chunk in zip(drawn, pixels.split([len(r.image_codes) for r, _ in drawn])):
+                r.images = chunk
+        return replies
+
+    def text_to_image(self, prompts: str | Sequence[str], *, seed: int | Sequence[int] = 0,
+                      **sampling: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompts → ``(codes [B, 32], images [B, 3, H, W] or None without a de-tokenizer)``: the
+        template, then a forced ``<img>``.
+
+        ``sampling`` overrides :attr:`image_sampling` (``temperature``, ``top_k``, ``top_p``);
         ``max_new_tokens`` is one image's worth.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        texts = [self.render(p) + BOI_TOKEN for p in prompts]
-        params = self.sampling.replace(**sampling, max_new_tokens=self.vocab.codes_per_image + 1)
-        outputs = self._generate(texts, [[] for _ in texts], seed, params)
-        codes = torch.stack([o.image_codes[0] for o in outputs])
-        seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
-        images = self.detokenize(codes, seed=seeds) if self.detokenizer is not None else None
+        params = self.image_sampling.replace(**sampling, max_new_tokens=self.vocab.codes_per_image + 1)
+        replies = self.complete([self.render(p) + BOI_TOKEN for p in prompts], seed=seed, sampling=params)
+        codes = torch.stack([r.image_codes[0] for r in replies])
+        images = torch.stack([r.images[0] for r in replies]) if self.detokenizer is not None else None
         return codes, images
 
-    @torch.no_grad()
     def answer(self, images: Any, question: str | None = None, *, seed: int | Sequence[int] = 0,
-               **sampling: Any) -> list[GenerationOutput]:
-        """Images (pixels or codes ``[B, 32]``) → SEED-LLaMA's full outputs, text segments decoded.
-
-        ``finish_reason == "length"`` says the answer was cut at ``max_new_tokens``.
-        """
+               **sampling: Any) -> list[Reply]:
+        """Images (pixels, or codes ``[B, 32]``) → SEED-LLaMA's replies to ``<image>{question}``."""
+        codes = self.codes(images)
         text = self.render(IMAGE_PLACEHOLDER + (question or ""))
-        codes = self._codes(images)
-        outputs = self._generate([text] * len(codes), [[c] for c in codes], seed, self.sampling.replace(**sampling))
-        for out in outputs:
-            out.text_segments = [self.text_tokenizer.decode(s) for s in out.text_segments]
-        return outputs
+        return self.complete([text] * len(codes), [[c] for c in codes], seed=seed,
+                             sampling=self.sampling.replace(**sampling))
 
     def caption(self, images: Any, question: str | None = None, *, seed: int | Sequence[int] = 0,
                 **sampling: Any) -> list[str]:
         """Images (pixels or codes ``[B, 32]``) → SEED-LLaMA's answer each (the text before any image it draws)."""
-        return [out.text_segments[0].strip() for out in self.answer(images, question, seed=seed, **sampling)]
+        return [r.text_segments[0].strip() for r in self.answer(images, question, seed=seed, **sampling)]
 
-    @torch.no_grad()
-    def chat(self, turns: Sequence[str], images: Sequence[Any] = (), *, seed: int = 0,
-             **sampling: Any) -> GenerationOutput:
-        """One conversation: alternating user/assistant turns ending with the user's, ``<image>`` where each image goes.
+    def chat(self, turns: Sequence[str], images: Sequence[Any] = (), *, seed: int = 0, **sampling: Any) -> Reply:
+        """One conversation: alternating user/assistant turns ending with the user's, ``<image>`` where each image goes."""
+        return self.complete([self.render(list(turns))], [list(images)], seed=seed,
+                             sampling=self.sampling.replace(**sampling))[0]
 
-        Returns
-        -------
-        GenerationOutput
-            ``text_segments`` decoded to strings.
-        """
-        codes = [self._codes(i)[0] for i in images]
-        out = self._generate([self.render(list(turns))], [codes], seed, self.sampling.replace(**sampling))[0]
-        out.text_segments = [self.text_tokenizer.decode(s) for s in out.text_segments]
-        return out
+
+def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != n:
+            raise ValueError(f"seed must be one int or {n} (one per request), got {len(seed)}")
+        return [int(s) for s in seed]
+    return [int(seed)] * n
 
 
 def load_text_tokenizer(folder: str | Path, num_codes: int) -> SeedLlamaTokenizer:
@@ -395,5 +447,5 @@ def load_text_tokenizer(folder: str | Path, num_codes: int) -> SeedLlamaTokenize
                               sp_model=sp_model)
 
 
-__all__ = ["GENERATION_CONFIG_FILE", "SamplingParams", "SeedPipeline", "TEMPLATE_NAMES", "image_pixels",
-           "infer_template", "load_text_tokenizer"]
+__all__ = ["GENERATION_CONFIG_FILE", "ImageDetokenizer", "Reply", "SamplingParams", "SeedPipeline", "TEMPLATE_NAMES",
+           "TextTokenizer", "image_pixels", "infer_template", "load_text_tokenizer"]

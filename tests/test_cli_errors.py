@@ -128,11 +128,13 @@ def test_env_on_a_full_stdout():
     assert "No space left on device" in line
 
 
-@pytest.mark.parametrize("how", ["flag", "environment"])
+@pytest.mark.parametrize("how", ["flag", "flag after the command", "environment"])
 def test_debug_shows_the_traceback(how):
     argv = ["budget", "--measure", "--pairs", "-1"]
     if how == "flag":
         done = _run("--debug", *argv)
+    elif how == "flag after the command":
+        done = _run(*argv, "--debug")
     else:
         done = subprocess.run([sys.executable, "-m", "seedfast", *argv], env=_env(SEEDFAST_DEBUG="1"),
                               capture_output=True, text=True, timeout=300, cwd=REPO)

@@ -100,3 +100,40 @@ def test_missing_parts_are_named(folders):
     assert no_template.template is None  # a tiny LLM: neither 8B nor 14B wide
     with pytest.raises(ValueError, match="pass template='8b' or '14b'"):
         no_template.caption(torch.zeros(1, 32, dtype=torch.int64))
+
+
+def test_complete_splices_images_and_decodes_drawn_ones(pipe):
+    from seedfast.pipeline import ImageDetokenizer, Reply, TextTokenizer
+
+    assert isinstance(pipe.text_tokenizer, TextTokenizer) and isinstance(pipe.detokenizer, ImageDetokenizer)
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (3, 30, 30), dtype=torch.uint8, generator=g)
+    codes = pipe.tokenize(pixels)[0]
+    question = pipe.render("<image>What is this?")
+    sampling = [SamplingParams.greedy(3), SamplingParams.greedy(3), SamplingParams(max_new_tokens=33)]
+    replies = pipe.complete([question, question, pipe.render("Draw a cat") + "<img>"],
+                            [[pixels], [codes.tolist()], []], seed=[4, 4, 5], sampling=sampling)
+    expected = pipe.text_tokenizer.encode(question, [codes.tolist()])
+    assert replies[0].prompt_ids == replies[1].prompt_ids == expected  # pixels and codes give one prompt
+    assert replies[0].token_ids == replies[1].token_ids
+    assert pipe.answer(codes[None], "What is this?", seed=4, max_new_tokens=3, temperature=0)[0].prompt_ids == expected
+    drawn = replies[2]
+    assert isinstance(drawn, Reply) and drawn.image_codes.shape == (1, 32)
+    assert drawn.images.shape[:2] == (1, 3) and drawn.text == "<image>".join(drawn.text_segments)
+    torch.testing.assert_close(drawn.images, pipe.detokenize(drawn.image_codes, seed=5), atol=1e-4, rtol=0)
+    assert replies[0].images is None
+    with pytest.raises(ValueError, match="1 <image> placeholder"):
+        pipe.complete([question], [[]])
+    with pytest.raises(ValueError, match=r"images\[0\]\[0\] must be one image, got 2"):
+        pipe.complete([question], [[torch.stack([codes, codes])]])
+    with pytest.raises(ValueError, match="images must hold one list per prompt"):
+        pipe.complete([question], [])
+    with pytest.raises(ValueError, match="seed must be one int or 1"):
+        pipe.complete([question], [[codes]], seed=[1, 2])
+
+
+def test_text_to_image_without_a_detokenizer_gives_codes(folders):
+    bare = SeedPipeline.from_pretrained(folders / "tokenizer", folders / "llm", template="14b")
+    codes, images = bare.text_to_image(["a dog"], seed=3)
+    assert codes.shape == (1, 32) and images is None
+    assert bare.template.name == "llama2"

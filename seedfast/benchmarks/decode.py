@@ -41,7 +41,7 @@ import torch
 from dataclasses import fields
 
 from seedfast.benchmarks.harness import Case, Impl, PeerUnavailable, RunResult
-from seedfast.generation import generate
+from seedfast.generation import SamplingParams, generate
 from seedfast.generation.cuda_graphs import DecodeRunner, RowSettings
 from seedfast.integrations import ImageGrammarLogitsProcessor
 from seedfast.models.kv_cache import KVCache, cache_bytes_per_token
@@ -168,8 +168,8 @@ def _build_seedfast(graphs: bool):
         prompts = _prompts(case, vocab, force_image=True)
 
         def run():
-            return generate(model, prompts, vocab=vocab, max_new_tokens=case.params["new_tokens"], ignore_eos=True,
-                            use_cuda_graphs=use_graphs, **IMAGE_SAMPLING)
+            sampling = SamplingParams(max_new_tokens=case.params["new_tokens"], **IMAGE_SAMPLING)
+            return generate(model, prompts, sampling, vocab=vocab, ignore_eos=True, use_cuda_graphs=use_graphs)
         return run
     return build
 

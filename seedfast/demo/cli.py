@@ -1,21 +1,24 @@
 """``seedfast demo`` and the user commands ``tokenize``, ``detokenize``, ``generate`` and
 ``caption`` (wired into :mod:`seedfast.cli`).
 
-The user commands load the models a ``seedfast demo`` run wrote (``--demo DIR``, default
-``seedfast-demo``); ``--tokenizer``, ``--detokenizer`` and ``--llm`` replace any of them by a
-checkpoint folder of the user's. With the released SEED folders (``--models DIR``, ``--vit``,
-``--text-tokenizer``, ``--template``, an LLM folder with its text tokenizer, a diffusers
-de-tokenizer, an official ``seed_quantizer.pt``, or no demo run to fall back on) the same
-commands run one :class:`~seedfast.pipeline.SeedPipeline` (:mod:`seedfast.demo.released`).
-Every bad input ends in a one-line error and exit status 2.
+The user commands run one :class:`~seedfast.pipeline.SeedPipeline`: by default the models a
+``seedfast demo`` run wrote (``--demo DIR``, default ``seedfast-demo``; ``--tokenizer``,
+``--detokenizer`` and ``--llm`` replace any of them by a checkpoint folder of the user's), or the
+released SEED folders (``--models DIR``, ``--vit``, ``--text-tokenizer``, ``--template``, an LLM
+folder with its text tokenizer, a diffusers de-tokenizer, an official ``seed_quantizer.pt``, or
+no demo run to fall back on; :mod:`seedfast.demo.released`). Both go through the same code; only
+the image files are read differently (the demo resizes them its own way, the released
+tokenizer gets the official transform). Every bad input ends in a one-line error and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from seedfast.constants import CODES_PER_IMAGE
 from seedfast.errors import CliError
 
 DEFAULT_OUT = "seedfast-demo"
@@ -158,6 +161,19 @@ def _models(args: argparse.Namespace) -> Any:
         raise CliError(str(err)) from None
 
 
+def _open(args: argparse.Namespace, *, llm: bool, detokenizer: bool) -> tuple[Any, Callable[[str], Any]]:
+    """The pipeline the flags name and how it reads an image file (``[3, H, W]`` uint8)."""
+    from seedfast.demo import commands
+    from seedfast.demo.released import read_rgb
+
+    parts = _released_parts(args)
+    if parts is not None:
+        return _pipeline(args, parts, llm=llm, detokenizer=detokenizer), lambda path: _run(read_rgb, path)
+    models = _models(args)
+    size = models.tokenizer.config.image_size
+    return models, lambda path: _run(commands.load_images, [path], size)[0]
+
+
 def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     from seedfast.demo.commands import CommandError
 
@@ -182,14 +198,8 @@ def add_tokenize_parser(sub: Any) -> argparse.ArgumentParser:
 def _cmd_tokenize(args: argparse.Namespace) -> int:
     from seedfast.demo import commands
 
-    parts = _released_parts(args)
-    if parts is not None:
-        from seedfast.demo.released import read_rgb
-
-        pipe = _pipeline(args, parts, llm=False, detokenizer=False)
-        codes = [pipe.tokenize(_run(read_rgb, path))[0].tolist() for path in args.images]
-    else:
-        codes = _run(commands.tokenize, _models(args), args.images)
+    pipe, read = _open(args, llm=False, detokenizer=False)
+    codes = [pipe.tokenize(read(path))[0].tolist() for path in args.images]
     print(commands.format_codes(args.images, codes, as_json=args.json))
     return 0
 
@@ -221,23 +231,14 @@ def add_detokenize_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _cmd_detokenize(args: argparse.Namespace) -> int:
     from seedfast.demo import commands
+    from seedfast.demo.images import save_png
 
     _check_output_flags(args)
-    parts = _released_parts(args)
-    if parts is not None:
-        import torch
-
-        pipe = _pipeline(args, parts, llm=False, detokenizer=True)
-        out = _run(commands.output_path, args.output)
-        codes = _run(commands.read_codes, args.codes, index=args.index, codes_per_image=32,
-                     num_codes=pipe.tokenizer.config.codebook_size)
-        image = pipe.detokenize(torch.tensor([codes]), seed=[args.seed])[0]
-        from seedfast.demo.images import save_png
-
-        path = save_png(image, out, scale=args.scale)
-    else:
-        path = _run(commands.detokenize, _models(args), args.codes, args.output, index=args.index, seed=args.seed,
-                    scale=args.scale)
+    pipe, _ = _open(args, llm=False, detokenizer=True)
+    out = _run(commands.output_path, args.output)
+    codes = _run(commands.read_codes, args.codes, index=args.index, codes_per_image=CODES_PER_IMAGE,
+                 num_codes=pipe.tokenizer.config.codebook_size)
+    path = save_png(pipe.detokenize([codes], seed=[args.seed])[0], out, scale=args.scale)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -250,7 +251,7 @@ def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
                                    '"a large red circle on the left".')
     p.add_argument("caption", nargs="?", help="the caption (or --prompts FILE)")
     p.add_argument("--prompts", metavar="FILE.jsonl",
-                   help='batch mode (released models): one JSON request per line, {"prompt": ..., "seed"?, '
+                   help='batch mode: one JSON request per line, {"prompt": ..., "seed"?, '
                         '"image"?, "temperature"?, "top_k"?, "top_p"?, "max_new_tokens"?}; a request with an image '
                         "is answered in text, one without is drawn; under torchrun the requests are sharded")
     p.add_argument("--out", metavar="DIR", help="batch mode: where NNNNN.png / NNNNN.txt and results.jsonl go")
@@ -264,27 +265,23 @@ def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from seedfast.demo import commands
+    from seedfast.demo.images import save_png
 
     _check_output_flags(args)
     if args.prompts is not None:
         return _generate_batch(args)
     if args.caption is None or args.output is None:
         raise CliError("give a caption and -o OUT.png, or --prompts FILE.jsonl --out DIR")
-    parts = _released_parts(args)
-    if parts is not None:
-        pipe = _pipeline(args, parts, llm=True, detokenizer=True)
-        out = _run(commands.output_path, args.output)
-        try:
-            codes_t, images = pipe.text_to_image(args.caption, seed=args.seed)
-        except ValueError as err:
-            raise CliError(" ".join(str(err).split())) from None
-        from seedfast.demo.images import save_png
-
-        path, codes = save_png(images[0], out, scale=args.scale), codes_t[0].tolist()
-    else:
-        path, codes = _run(commands.generate_image, _models(args), args.caption, args.output, seed=args.seed,
-                           scale=args.scale)
-    print(f"codes: {' '.join(map(str, codes))}", file=sys.stderr)
+    if not args.caption.strip():
+        raise CliError("the caption is empty")
+    pipe, _ = _open(args, llm=True, detokenizer=True)
+    out = _run(commands.output_path, args.output)
+    try:
+        codes, images = pipe.text_to_image(args.caption, seed=args.seed)
+    except ValueError as err:
+        raise CliError(" ".join(str(err).split())) from None
+    path = save_png(images[0], out, scale=args.scale)
+    print(f"codes: {' '.join(map(str, codes[0].tolist()))}", file=sys.stderr)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -299,12 +296,10 @@ def _generate_batch(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: exists and is not a folder")
-    parts = _released_parts(args)
-    if parts is None:
-        raise CliError("--prompts runs the released models: give --models DIR or --tokenizer/--llm/--detokenizer")
     requests = _run(read_requests, args.prompts, default_seed=args.seed)
-    pipe = _pipeline(args, parts, llm=True, detokenizer=any(r.image is None for r in requests))
-    results = _run(run_requests, pipe, requests, out, batch_size=args.batch_size, progress=not args.no_progress)
+    pipe, read = _open(args, llm=True, detokenizer=any(r.image is None for r in requests))
+    results = _run(run_requests, pipe, requests, out, batch_size=args.batch_size, progress=not args.no_progress,
+                   read_image=read)
     print(f"wrote {results}", file=sys.stderr)
     return 0
 
@@ -315,40 +310,31 @@ def add_caption_parser(sub: Any) -> argparse.ArgumentParser:
                        description="Caption each image: its 32 codes, then SEED-LLaMA's text.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any size; resized)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampling when it is not greedy (default 0)")
-    p.add_argument("--question", help="released models: ask this about each image instead of a plain caption")
+    p.add_argument("--question", help="ask this about each image instead of a plain caption")
     p.add_argument("--max-new-tokens", type=int,
-                   help="released models: longest answer (default: the LLM's generation_config.json, else 120); "
-                        "an answer cut there is reported")
+                   help="longest answer (default: the LLM's generation_config.json, else 120; the demo's: 24); an "
+                        "answer cut there is reported")
     _add_model_flags(p)
     p.set_defaults(func=_cmd_caption)
     return p
 
 
 def _cmd_caption(args: argparse.Namespace) -> int:
-    from seedfast.demo import commands
-
     _check_seed(args)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise CliError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    parts = _released_parts(args)
-    if parts is not None:
-        from seedfast.demo.released import read_rgb
-
-        pipe = _pipeline(args, parts, llm=True, detokenizer=False)
-        captions = []
-        try:
-            for i, path in enumerate(args.images):
-                out = pipe.answer(_run(read_rgb, path), args.question, seed=args.seed + i,
-                                  max_new_tokens=args.max_new_tokens)[0]
-                captions.append(out.text_segments[0].strip())
-                if out.finish_reason == "length":
-                    limit = args.max_new_tokens or pipe.sampling.max_new_tokens
-                    print(f"seedfast caption: note: {path}: the answer reached max_new_tokens={limit} and is cut "
-                          "there; pass --max-new-tokens to allow more", file=sys.stderr)
-        except ValueError as err:
-            raise CliError(" ".join(str(err).split())) from None
-    else:
-        captions = _run(commands.caption, _models(args), args.images, seed=args.seed)
+    pipe, read = _open(args, llm=True, detokenizer=False)
+    captions = []
+    try:
+        for i, path in enumerate(args.images):
+            reply = pipe.answer(read(path), args.question, seed=args.seed + i, max_new_tokens=args.max_new_tokens)[0]
+            captions.append(reply.text_segments[0].strip())
+            if reply.finish_reason == "length":
+                limit = args.max_new_tokens or pipe.sampling.max_new_tokens
+                print(f"seedfast caption: note: {path}: the answer reached max_new_tokens={limit} and is cut "
+                      "there; pass --max-new-tokens to allow more", file=sys.stderr)
+    except ValueError as err:
+        raise CliError(" ".join(str(err).split())) from None
     for path, text in zip(args.images, captions):
         print(text if len(args.images) == 1 else f"{path}: {text}")
     return 0

@@ -1,5 +1,5 @@
-"""What ``seedfast tokenize``, ``detokenize``, ``generate`` and ``caption`` do, on a
-:class:`~seedfast.demo.models.DemoModels` bundle.
+"""The input and output files of ``seedfast tokenize``, ``detokenize``, ``generate`` and
+``caption`` (the models' side is :class:`~seedfast.pipeline.SeedPipeline`).
 
 Inputs are checked here and every problem is raised as :class:`CommandError` with one line
 that names the file or value and what is wrong.
@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from seedfast.demo.images import read_image, save_png
-from seedfast.demo.models import DemoModels
+from seedfast.demo.images import read_image
 
 
 class CommandError(Exception):
@@ -38,11 +37,6 @@ def load_images(paths: Sequence[str | Path], image_size: int) -> torch.Tensor:
         except (FileNotFoundError, DatasetError) as err:
             raise CommandError(str(err)) from None
     return torch.stack(images)
-
-
-def tokenize(models: DemoModels, paths: Sequence[str | Path]) -> list[list[int]]:
-    """The 32 codes of each image file."""
-    return models.tokenize(load_images(paths, models.tokenizer.config.image_size)).tolist()
 
 
 def format_codes(paths: Sequence[str | Path], codes: list[list[int]], *, as_json: bool) -> str:
@@ -112,32 +106,3 @@ def output_path(path: str | Path) -> Path:
     if out.parent != Path("") and not out.parent.is_dir():
         raise CommandError(f"-o {out}: folder {out.parent} does not exist")
     return out
-
-
-def detokenize(models: DemoModels, codes_json: str | Path, output: str | Path, *, index: int | None = None,
-               seed: int = 0, scale: int = 1) -> Path:
-    """Decode one image's codes to a PNG; return its path."""
-    out = output_path(output)
-    vocab = models.vocab
-    codes = read_codes(codes_json, index=index, codes_per_image=vocab.codes_per_image,
-                       num_codes=models.tokenizer.config.codebook_size)
-    image = models.detokenize(torch.tensor([codes], dtype=torch.int64), seed=[seed])[0]
-    return save_png(image, out, scale=scale)
-
-
-def generate_image(models: DemoModels, caption: str, output: str | Path, *, seed: int = 0,
-                   scale: int = 1) -> tuple[Path, list[int]]:
-    """Draw a caption with SEED-LLaMA and the de-tokenizer; return the PNG's path and the codes."""
-    out = output_path(output)
-    try:
-        models.caption_ids(caption)
-    except ValueError as err:
-        raise CommandError(str(err)) from None
-    codes, images = models.draw([caption], seed=[seed])
-    return save_png(images[0], out, scale=scale), codes[0].tolist()
-
-
-def caption(models: DemoModels, paths: Sequence[str | Path], *, seed: int = 0) -> list[str]:
-    """SEED-LLaMA's caption of each image file."""
-    codes = models.tokenize(load_images(paths, models.tokenizer.config.image_size))
-    return models.caption(codes, seed=[seed + i for i in range(len(paths))])

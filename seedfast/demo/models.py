@@ -1,6 +1,7 @@
-"""The demo's trained models as one bundle: SEED tokenizer, de-tokenizer, SEED-LLaMA and the
-word-level text tokenizer, loaded from the folder ``seedfast demo`` writes (or from the
-user's own checkpoints), with the four SEED operations the commands and the report use.
+"""The demo's trained models: one :class:`~seedfast.pipeline.SeedPipeline` (SEED tokenizer,
+SEED-LLaMA, de-tokenizer) with the procedural captions' words as its text tokenizer and the
+demo manifest on top, loaded from the folder ``seedfast demo`` writes (or from the user's own
+checkpoints). The demo, the user commands and the released weights run the same pipeline code.
 
 Folder layout (``DIR/models`` of a demo run)::
 
@@ -25,12 +26,14 @@ from typing import Any
 import torch
 
 from seedfast.checkpoint_io import load_safetensors, save_safetensors
+from seedfast.generation.sampling import SamplingParams
 from seedfast.models.detokenizer import SeedDetokenizer
 from seedfast.models.llama import Llama
-from seedfast.models.seed_llama import tiny_visual_vocab
+from seedfast.models.seed_llama import BOI_TOKEN, IMAGE_PLACEHOLDER, PLAIN, image_block, tiny_visual_vocab
 from seedfast.models.seed_tokenizer import SeedTokenizer
-from seedfast.visual_vocab import VisualVocab
+from seedfast.pipeline import SeedPipeline
 from seedfast.train.text import WordTokenizer, clean_caption
+from seedfast.visual_vocab import VisualVocab
 
 FORMAT = "seedfast.demo"
 VERSION = 1
@@ -108,11 +111,17 @@ class NormalisedDetokenizer:
     :func:`seedfast.generation.generate` expects of a de-tokenizer.
     """
 
-    def __init__(self, detokenizer: SeedDetokenizer, normaliser: EmbeddingNormaliser) -> None:
+    def __init__(self, detokenizer: SeedDetokenizer, normaliser: EmbeddingNormaliser, *, steps: int | None = None,
+                 guidance_scale: float | None = None) -> None:
         if normaliser.dim != detokenizer.embed_dim:
             raise ValueError(f"NormalisedDetokenizer: normaliser is {normaliser.dim}-d, the de-tokenizer takes "
                              f"{detokenizer.embed_dim}-d embeddings")
         self.detokenizer, self.normaliser = detokenizer, normaliser
+        self.steps, self.guidance_scale = steps, guidance_scale
+
+    def with_settings(self, *, steps: int | None, guidance_scale: float | None) -> NormalisedDetokenizer:
+        """The same models decoding with these sampler settings by default."""
+        return NormalisedDetokenizer(self.detokenizer, self.normaliser, steps=steps, guidance_scale=guidance_scale)
 
     @property
     def image_size(self) -> int:
@@ -125,9 +134,10 @@ class NormalisedDetokenizer:
     def decode(self, embeddings: torch.Tensor, *, seed: int | Sequence[int] = 0, steps: int | None = None,
                guidance_scale: float | None = None) -> torch.Tensor:
         """Generation embeddings ``[B, E]`` → images ``[B, 3, H, W]`` float in [0, 1] (see
-        :meth:`SeedDetokenizer.decode`)."""
-        return self.detokenizer.decode(self.normaliser(embeddings), seed=seed, steps=steps,
-                                       guidance_scale=guidance_scale)
+        :meth:`SeedDetokenizer.decode`; ``steps`` and ``guidance_scale`` default to this object's)."""
+        return self.detokenizer.decode(self.normaliser(embeddings), seed=seed,
+                                       steps=self.steps if steps is None else steps,
+                                       guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale)
 
     def save(self, path: str | Path) -> None:
         """The de-tokenizer's folder plus ``normaliser.safetensors`` (pixel de-tokenizers only)."""
@@ -188,28 +198,97 @@ class Manifest:
             raise DemoModelError(f"{where}: {err}") from None
 
 
-@dataclass
-class DemoModels:
-    """Everything the user commands and the report need, on the CPU, in eval mode.
+class WordPromptTokenizer:
+    """The demo's text tokenizer for :class:`~seedfast.pipeline.SeedPipeline`: the procedural
+    captions' words, bos first, images as ``<img>`` + codes + ``</img>`` blocks.
 
-    Attributes
+    Parameters
+    ----------
+    words : WordTokenizer
+    vocab : VisualVocab
+        Where the codes and image markers sit after the words' ids.
+    """
+
+    def __init__(self, words: WordTokenizer, vocab: VisualVocab) -> None:
+        self.words, self.vocab = words, vocab
+
+    def word_ids(self, text: str) -> list[int]:
+        """Word ids of ``text`` after SEED's caption cleaning (lower case, punctuation dropped).
+
+        Raises
+        ------
+        ValueError
+            A word outside the demo's vocabulary (the words are listed).
+        """
+        words = clean_caption(text).split()
+        unknown = [w for w in words if w not in self.words.words]
+        if unknown:
+            raise ValueError(f"word(s) {', '.join(repr(w) for w in dict.fromkeys(unknown))} are not in the demo's "
+                             f"vocabulary: {' '.join(self.words.words)}")
+        return self.words.encode(" ".join(words))
+
+    def encode(self, text: str, image_codes: Sequence[Sequence[int] | torch.Tensor] = ()) -> list[int]:
+        """Prompt ids: bos, the words, each ``<image>`` replaced by the next image's block, a final
+        ``<img>`` kept (it makes the model draw).
+
+        Raises
+        ------
+        ValueError
+            Unknown words, or a placeholder count that differs from the number of images.
+        """
+        forced = text.endswith(BOI_TOKEN)
+        pieces = (text[:-len(BOI_TOKEN)] if forced else text).split(IMAGE_PLACEHOLDER)
+        if len(pieces) - 1 != len(image_codes):
+            raise ValueError(f"prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholder(s) but "
+                             f"{len(image_codes)} image(s)")
+        ids = [self.words.bos_id]
+        for piece, codes in zip(pieces, [*image_codes, None]):
+            ids += self.word_ids(piece)
+            if codes is not None:
+                ids += image_block(codes, self.vocab)
+        return ids + ([self.vocab.boi_id] if forced else [])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.words.decode(ids)
+
+
+class DemoModels(SeedPipeline):
+    """The demo's :class:`~seedfast.pipeline.SeedPipeline`, on the CPU, in eval mode.
+
+    Parameters
     ----------
     tokenizer : SeedTokenizer
     detokenizer : NormalisedDetokenizer
+        Decodes with the manifest's sampler steps and guidance.
     llm : Llama
-    text : WordTokenizer
-        The procedural caption grammar's words.
-    vocab : VisualVocab
-        Where text, codes, ``<img>`` and ``</img>`` sit among the LLM's ids.
     manifest : Manifest
+        Also gives the sampling: captions at ``caption_temperature`` (top-k and top-p off, at
+        most :data:`MAX_CAPTION_TOKENS`), images at ``image_temperature``/``image_top_k``/``image_top_p``.
+    words : WordTokenizer, optional
+        Default: the procedural caption grammar's words.
+
+    Raises
+    ------
+    DemoModelError
+        The parts do not fit together (code count, embedding size, vocabulary).
     """
 
-    tokenizer: SeedTokenizer
-    detokenizer: NormalisedDetokenizer
-    llm: Llama
-    text: WordTokenizer
-    vocab: VisualVocab
-    manifest: Manifest
+    def __init__(self, tokenizer: SeedTokenizer, detokenizer: NormalisedDetokenizer, llm: Llama, manifest: Manifest,
+                 words: WordTokenizer | None = None) -> None:
+        self.manifest = manifest
+        m = manifest
+        text = WordPromptTokenizer(words or WordTokenizer.procedural(), tiny_visual_vocab())
+        super().__init__(
+            tokenizer, llm, text,
+            detokenizer.with_settings(steps=m.decode_steps, guidance_scale=m.guidance_scale), template=PLAIN,
+            sampling=SamplingParams(max_new_tokens=MAX_CAPTION_TOKENS, temperature=m.caption_temperature, top_k=0,
+                                    top_p=1.0),
+            image_sampling=SamplingParams(temperature=m.image_temperature, top_k=m.image_top_k,
+                                          top_p=m.image_top_p))
+
+    @property
+    def words(self) -> WordTokenizer:
+        return self.text_tokenizer.words
 
     @classmethod
     def load(cls, folder: str | Path, *, tokenizer: str | Path | None = None, detokenizer: str | Path | None = None,
@@ -244,22 +323,14 @@ class DemoModels:
             model = Llama.from_hf(paths["llm"], dtype=torch.float32)
         except (OSError, ValueError, KeyError, SafetensorError) as err:
             raise DemoModelError(f"cannot load the checkpoints: {_one_line(err)}") from None
-        models = cls(seed_tokenizer.eval(), detok, model.eval(), WordTokenizer.procedural(), tiny_visual_vocab(),
-                     manifest)
-        models.check()
-        return models
+        return cls(seed_tokenizer.eval(), detok, model.eval(), manifest)
 
     def check(self) -> None:
         """Raise :class:`DemoModelError` unless the parts fit together."""
-        tc, vocab = self.tokenizer.config, self.vocab
-        if tc.codebook_size != vocab.num_codes:
-            raise DemoModelError(f"the tokenizer has {tc.codebook_size} codes, the LLM's vocabulary {vocab.num_codes}")
-        if tc.generation_embed_dim != self.detokenizer.embed_dim:
-            raise DemoModelError(f"the tokenizer makes {tc.generation_embed_dim}-d generation embeddings, the "
-                                 f"de-tokenizer takes {self.detokenizer.embed_dim}-d ones")
-        if self.llm.config.vocab_size < vocab.min_vocab_size:
-            raise DemoModelError(f"the LLM has {self.llm.config.vocab_size} ids, the vocabulary layout needs "
-                                 f"{vocab.min_vocab_size}")
+        try:
+            super().check()
+        except ValueError as err:
+            raise DemoModelError(str(err)) from None
 
     def save(self, folder: str | Path) -> Path:
         """Write the bundle (manifest, tokenizer, de-tokenizer, LLM) into ``folder``; return it."""
@@ -273,30 +344,6 @@ class DemoModels:
         (root / MANIFEST_FILE).write_text(json.dumps(self.manifest.to_dict(), indent=1) + "\n", encoding="utf-8")
         return root
 
-    # -----------------------------------------------------------------------------------------
-    # The four SEED operations
-
-    @torch.no_grad()
-    def tokenize(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, 3, H, W]`` (uint8, or float in [0, 1]) → codes ``[B, 32]`` int64."""
-        return self.tokenizer.encode_pixels(images)
-
-    @torch.no_grad()
-    def detokenize(self, codes: torch.Tensor, *, seed: int | Sequence[int] = 0) -> torch.Tensor:
-        """Codes ``[B, 32]`` → images ``[B, 3, H, W]`` float in [0, 1] (generation embedding, then
-        the de-tokenizer).
-
-        Raises
-        ------
-        ValueError
-            Not ``[B, 32]``, or a code outside the codebook.
-        """
-        return self._decode(self.tokenizer.generation_embedding(codes), seed)
-
-    def _decode(self, embeddings: torch.Tensor, seed: int | Sequence[int]) -> torch.Tensor:
-        m = self.manifest
-        return self.detokenizer.decode(embeddings, seed=seed, steps=m.decode_steps, guidance_scale=m.guidance_scale)
-
     def caption_ids(self, caption: str) -> list[int]:
         """Word ids of a caption after SEED's cleaning (lower case, punctuation dropped).
 
@@ -305,58 +352,10 @@ class DemoModels:
         ValueError
             Empty, or a word outside the demo's vocabulary (the words are listed).
         """
-        words = clean_caption(caption).split()
-        if not words:
+        ids = self.text_tokenizer.word_ids(caption)
+        if not ids:
             raise ValueError("the caption is empty")
-        unknown = [w for w in words if w not in self.text.words]
-        if unknown:
-            raise ValueError(f"word(s) {', '.join(repr(w) for w in dict.fromkeys(unknown))} are not in the demo's "
-                             f"vocabulary: {' '.join(self.text.words)}")
-        return self.text.encode(" ".join(words))
-
-    @torch.no_grad()
-    def caption(self, codes: torch.Tensor, *, seed: int | Sequence[int] = 0) -> list[str]:
-        """Codes ``[B, 32]`` → one caption each: the LLM continues ``<s> <img> codes </img>``."""
-        from seedfast.generation import generate
-
-        vocab = self.vocab
-        prompts = [[self.text.bos_id, vocab.boi_id, *(vocab.first_code_id + c for c in row), vocab.eoi_id]
-                   for row in codes.tolist()]
-        t = self.manifest.caption_temperature
-        outputs = generate(self.llm, prompts, vocab=vocab, max_new_tokens=MAX_CAPTION_TOKENS, temperature=t,
-                           top_k=0, top_p=1.0, seed=_seeds(seed, len(prompts)))
-        # The caption is the text up to an image the LLM may go on to draw.
-        return [self.text.decode(out.text_segments[0]) for out in outputs]
-
-    @torch.no_grad()
-    def draw(self, captions: Sequence[str], *, seed: int | Sequence[int] = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Captions → ``(codes [B, 32], images [B, 3, H, W])``: the LLM continues ``<s> caption <img>``
-        with exactly 32 codes (constrained sampling), which are then de-tokenized.
-
-        Raises
-        ------
-        ValueError
-            A caption with words outside the vocabulary.
-        """
-        from seedfast.generation import generate
-
-        vocab, m = self.vocab, self.manifest
-        prompts = [[self.text.bos_id, *self.caption_ids(c), vocab.boi_id] for c in captions]
-        seeds = _seeds(seed, len(prompts))
-        outputs = generate(self.llm, prompts, vocab=vocab, max_new_tokens=vocab.codes_per_image + 1,
-                           temperature=m.image_temperature, top_k=m.image_top_k, top_p=m.image_top_p, seed=seeds)
-        codes = torch.stack([out.image_codes[0] for out in outputs])
-        return codes, self.detokenize(codes, seed=seeds)
-
-
-def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
-    """One seed per row: a given sequence, or ``seed + row``."""
-    if isinstance(seed, int):
-        return [seed + i for i in range(n)]
-    seeds = [int(s) for s in seed]
-    if len(seeds) != n:
-        raise ValueError(f"need {n} seeds (one per row), got {len(seeds)}")
-    return seeds
+        return ids
 
 
 def _one_line(err: BaseException) -> str:

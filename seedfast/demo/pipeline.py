@@ -242,10 +242,8 @@ class _DetokenizerTraining:
 def _train_all(config: DemoConfig, out: Path, seed: int, progress: bool) -> tuple[list[StageSummary], DemoModels]:
     from seedfast.demo.encoder import frozen_encoder_init
     from seedfast.models.llama import Llama
-    from seedfast.models.seed_llama import tiny_visual_vocab
     from seedfast.train.config import model_config
     from seedfast.train.config_sources import build_config
-    from seedfast.train.text import WordTokenizer
 
     runs = out / TRAIN_DIR
     init = runs / "init"
@@ -264,11 +262,8 @@ def _train_all(config: DemoConfig, out: Path, seed: int, progress: bool) -> tupl
                         guidance_scale=config.detokenizer_model.guidance_scale,
                         caption_temperature=config.caption_temperature, image_temperature=config.image_temperature,
                         image_top_k=config.image_top_k, image_top_p=config.image_top_p)
-    models = DemoModels(tokenizer=SeedTokenizer.load(stage2),
-                        detokenizer=NormalisedDetokenizer(detok.model, detok.normaliser),
-                        llm=Llama.from_hf(stage3, dtype=torch.float32).eval(), text=WordTokenizer.procedural(),
-                        vocab=tiny_visual_vocab(), manifest=manifest)
-    models.check()
+    models = DemoModels(SeedTokenizer.load(stage2).eval(), NormalisedDetokenizer(detok.model, detok.normaliser),
+                        Llama.from_hf(stage3, dtype=torch.float32).eval(), manifest)
     models.save(out / MODELS_DIR)
     return [s1, s2, sd, s3], models
 
@@ -312,7 +307,7 @@ def evaluate(models: DemoModels, config: DemoConfig, *, seed: int = 0, progress:
                                            "reconstruct", progress))
     generated_captions = sum(_in_chunks(lambda s: models.caption(codes[s], seed=seeds[s]), n, chunk, "caption",
                                         progress), [])
-    drawn = _in_chunks(lambda s: models.draw(captions[s], seed=seeds[s])[1], n, chunk, "draw", progress)
+    drawn = _in_chunks(lambda s: models.text_to_image(captions[s], seed=seeds[s])[1], n, chunk, "draw", progress)
     generated_images = torch.cat(drawn)
     prompted = [parse_caption(c) for c in captions]
     metrics = {

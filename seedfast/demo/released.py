@@ -1,4 +1,5 @@
-"""The user commands on the released SEED folders: one :class:`~seedfast.pipeline.SeedPipeline` from flags.
+"""The user commands on the released SEED folders (one :class:`~seedfast.pipeline.SeedPipeline` from
+flags), and batched generation for any pipeline (the demo's too).
 
 ``--tokenizer`` (a ``seedfast convert`` folder, or ``seed_quantizer.pt`` with ``--vit``),
 ``--llm`` (a Hugging Face SEED-LLaMA folder; its text tokenizer from the same folder or
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,44 +196,48 @@ def read_requests(path: str | Path, *, default_seed: int = 0) -> list[Request]:
     return requests
 
 
-def run_batch(pipe: Any, batch: Sequence[Request]) -> list[dict[str, Any]]:
-    """One batch through SEED-LLaMA (and the de-tokenizer for image requests): one result dict per request."""
-    from seedfast.generation.generate import generate
+def run_batch(pipe: Any, batch: Sequence[Request], read_image: Callable[[str], torch.Tensor] = read_rgb
+              ) -> list[dict[str, Any]]:
+    """One batch through the pipeline: image requests are answered in text, the others drawn.
+
+    Returns one result dict per request: ``index``, ``prompt``, ``seed``, ``finish_reason`` and
+    ``codes`` (+ ``pixels`` with a de-tokenizer) or ``image`` and ``text``.
+
+    Raises
+    ------
+    CommandError
+        A request the pipeline refuses (bad sampling values, a prompt beyond the context, words
+        the text tokenizer does not know), naming the batch's requests.
+    """
     from seedfast.models.seed_llama import BOI_TOKEN, IMAGE_PLACEHOLDER
 
-    vocab = pipe.vocab
-    prompts, limits, settings = [], [], {k: [] for k in ("temperature", "top_k", "top_p")}
-    for r in batch:
-        params = pipe.sampling.replace(**r.sampling)
-        if r.image is None:
-            prompts.append(pipe.text_tokenizer.encode(pipe.render(r.prompt) + BOI_TOKEN))
-            limits.append(vocab.codes_per_image + 1)
-        else:
-            codes = pipe.tokenize(read_rgb(r.image))[0].tolist()
-            prompts.append(pipe.text_tokenizer.encode(pipe.render(IMAGE_PLACEHOLDER + r.prompt), [codes]))
-            limits.append(int(params.max_new_tokens))
-        for key in settings:
-            settings[key].append(getattr(params, key))
+    texts, images, params = [], [], []
     try:
-        outputs = generate(pipe.llm, prompts, vocab=vocab, max_new_tokens=limits, seed=[r.seed for r in batch],
-                           stream=0, **settings)
+        for r in batch:
+            if r.image is None:
+                texts.append(pipe.render(r.prompt) + BOI_TOKEN)
+                images.append([])
+                params.append(pipe.image_sampling.replace(**r.sampling,
+                                                          max_new_tokens=pipe.vocab.codes_per_image + 1))
+            else:
+                texts.append(pipe.render(IMAGE_PLACEHOLDER + r.prompt))
+                images.append([read_image(r.image)])
+                params.append(pipe.sampling.replace(**r.sampling))
+        replies = pipe.complete(texts, images, seed=[r.seed for r in batch], sampling=params)
     except ValueError as err:
         raise CommandError(f"requests {batch[0].index}..{batch[-1].index}: {' '.join(str(err).split())}") from None
     results = []
-    for r, out in zip(batch, outputs):
+    for r, reply in zip(batch, replies):
         result: dict[str, Any] = {"index": r.index, "prompt": r.prompt, "seed": r.seed,
-                                  "finish_reason": out.finish_reason}
+                                  "finish_reason": reply.finish_reason}
         if r.image is None:
-            result["codes"] = out.image_codes[0].tolist() if len(out.image_codes) else []
+            result["codes"] = reply.image_codes[0].tolist() if len(reply.image_codes) else []
+            if reply.images is not None:
+                result["pixels"] = reply.images[0]
         else:
             result["image"] = r.image
-            result["text"] = pipe.text_tokenizer.decode(out.text_segments[0]).strip()
+            result["text"] = reply.text_segments[0].strip()
         results.append(result)
-    drawn = [res for res in results if res.get("codes")]
-    if drawn and pipe.detokenizer is not None:
-        images = pipe.detokenize([res["codes"] for res in drawn], seed=[res["seed"] for res in drawn])
-        for res, image in zip(drawn, images):
-            res["pixels"] = image
     return results
 
 
@@ -249,8 +254,11 @@ def _distributed() -> tuple[int, int]:
 
 
 def run_requests(pipe: Any, requests: Sequence[Request], out: str | Path, *, batch_size: int,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, read_image: Callable[[str], torch.Tensor] = read_rgb) -> Path:
     """Run ``requests`` in batches, write ``NNNNN.png`` / ``NNNNN.txt`` per request and ``results.jsonl``.
+
+    ``read_image`` reads a request's image file as ``[3, H, W]`` uint8 (default: the official
+    transform's first step, :func:`read_rgb`).
 
     Under torchrun each process runs every ``WORLD_SIZE``-th request; rank 0 writes the merged
     ``results.jsonl`` (one line per request, in request order). Files are written atomically.
@@ -274,7 +282,7 @@ def run_requests(pipe: Any, requests: Sequence[Request], out: str | Path, *, bat
     bar = tqdm(total=len(mine), desc=f"generate (rank {rank})" if world > 1 else "generate", unit="req",
                disable=not progress)
     for i in range(0, len(mine), batch_size):
-        for res in run_batch(pipe, mine[i:i + batch_size]):
+        for res in run_batch(pipe, mine[i:i + batch_size], read_image):
             name = f"{res['index']:05d}"
             if "pixels" in res:
                 res["output"] = save_png(res.pop("pixels"), out / f"{name}.png").name

@@ -86,7 +86,9 @@ class PromptTemplate:
 VICUNA = PromptTemplate("vicuna", user="USER: {text}\n", assistant="ASSISTANT: {text}\n", generation="ASSISTANT:")
 # SEED-LLaMA 14B (LLaMA-2 chat): "<s>[INST] {img}{question} [/INST]\n"; then "assistant\n" per turn.
 LLAMA2_CHAT = PromptTemplate("llama2", user="[INST] {text} [/INST]\n", assistant="{text}\n", generation="")
-TEMPLATES = {t.name: t for t in (VICUNA, LLAMA2_CHAT)}
+# The text as it is (models trained without a chat template, e.g. the demo's).
+PLAIN = PromptTemplate("plain", user="{text}", assistant="{text}", generation="")
+TEMPLATES = {t.name: t for t in (VICUNA, LLAMA2_CHAT, PLAIN)}
 
 
 def get_template(template: PromptTemplate | str | None) -> PromptTemplate | None:
@@ -120,35 +122,6 @@ def image_block(codes: Sequence[int] | torch.Tensor, vocab: VisualVocab) -> list
     """
     values = codes_list(codes, vocab, "image_block: codes")
     return [vocab.boi_id, *(vocab.first_code_id + c for c in values), vocab.eoi_id]
-
-
-def count_image_slots(ids: Sequence[int], vocab: VisualVocab) -> int:
-    """How many empty ``<img></img>`` pairs (image slots) ``ids`` holds."""
-    return sum(1 for a, b in zip(ids, ids[1:]) if a == vocab.boi_id and b == vocab.eoi_id)
-
-
-def fill_image_slots(ids: Sequence[int], image_codes: Sequence[Sequence[int] | torch.Tensor],
-                     vocab: VisualVocab) -> list[int]:
-    """Put each image's codes into the next empty ``<img></img>`` pair of ``ids``.
-
-    Raises
-    ------
-    ValueError
-        The number of slots differs from the number of images, or bad codes.
-    """
-    slots = count_image_slots(ids, vocab)
-    if slots != len(image_codes):
-        raise ValueError(f"the prompt has {slots} image slot(s) (empty <img></img> pairs) but {len(image_codes)} "
-                         f"image(s) were given")
-    out: list[int] = []
-    images = iter(image_codes)
-    i = 0
-    while i < len(ids):
-        out.append(int(ids[i]))
-        if ids[i] == vocab.boi_id and i + 1 < len(ids) and ids[i + 1] == vocab.eoi_id:
-            out.extend(vocab.first_code_id + c for c in codes_list(next(images), vocab, "image codes"))
-        i += 1
-    return out
 
 
 def open_image_position(ids: Sequence[int], vocab: VisualVocab) -> int:

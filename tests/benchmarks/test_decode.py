@@ -6,6 +6,7 @@ import torch
 
 from seedfast.benchmarks import decode
 from seedfast.benchmarks.harness import Measurement, PeerUnavailable, RunResult
+from seedfast.generation import SamplingParams
 from seedfast.models.llama import LlamaConfig, parameter_count
 from tests.generation.tiny import one_thread  # noqa: F401 (fixture)
 
@@ -44,8 +45,7 @@ def test_decode_rows_time_steps_alone_and_agree_with_generate():
     _, _, _, vocab = decode._setup(CPU)
     new = case.params["new_tokens"]
     prompts = decode._prompts(case, vocab, force_image=False)
-    (expected,) = decode.generate(model, prompts, vocab=vocab, max_new_tokens=new + 1, ignore_eos=True,
-                                  temperature=0.0)
+    (expected,) = decode.generate(model, prompts, SamplingParams.greedy(new + 1), vocab=vocab, ignore_eos=True)
     ids = torch.tensor(prompts)
     with torch.no_grad():
         hf_expected = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new + 1,

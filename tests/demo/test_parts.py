@@ -106,3 +106,54 @@ def test_prepare_output(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(DemoError, match="is a file"):
         prepare_output(tmp_path / "file")
+
+
+def test_word_prompt_tokenizer_writes_the_demo_prompts():
+    from seedfast.models.seed_llama import PLAIN, image_block, tiny_visual_vocab
+    from seedfast.demo.models import WordPromptTokenizer
+    from seedfast.pipeline import TextTokenizer
+    from seedfast.train.text import WordTokenizer
+
+    vocab, words = tiny_visual_vocab(), WordTokenizer.procedural()
+    tok = WordPromptTokenizer(words, vocab)
+    assert isinstance(tok, TextTokenizer)
+    codes = list(range(32))
+    # What the demo's LLM was trained on: "<s> <img> codes </img> caption" and "<s> caption <img> codes </img>".
+    assert tok.encode(PLAIN.render("<image>"), [codes]) == [words.bos_id, *image_block(codes, vocab)]
+    red = words.encode("a large red circle")
+    assert tok.encode(PLAIN.render("A large red circle.") + "<img>") == [words.bos_id, *red, vocab.boi_id]
+    assert tok.decode(red) == "a large red circle"
+    with pytest.raises(ValueError, match=r"word\(s\) 'bus' are not in the demo's vocabulary"):
+        tok.encode("a red bus")
+    with pytest.raises(ValueError, match="1 <image> placeholder"):
+        tok.encode("<image>")
+
+
+def test_demo_models_are_a_seed_pipeline():
+    from seedfast.demo.models import DemoModelError, DemoModels, Manifest, NormalisedDetokenizer
+    from seedfast.models.detokenizer import SeedDetokenizer
+    from seedfast.models.llama import Llama, LlamaConfig
+    from seedfast.models.seed_tokenizer import SeedTokenizer
+    from seedfast.pipeline import SeedPipeline
+
+    config = DemoConfig.quick()
+    tokenizer = SeedTokenizer(model_config("tokenizer", build_config(1, [config.stage_tables(1, seed=0)]).tokenizer))
+    embed = tokenizer.config.generation_embed_dim
+    detok = NormalisedDetokenizer(SeedDetokenizer.tiny(embed, seed=0), EmbeddingNormaliser.identity(embed))
+    manifest = Manifest(image_size=32, max_objects=1, decode_steps=3, guidance_scale=1.5, caption_temperature=0.0,
+                        image_temperature=0.9, image_top_k=5, image_top_p=0.8)
+    models = DemoModels(tokenizer.eval(), detok, Llama(LlamaConfig.tiny()).eval(), manifest)
+    assert isinstance(models, SeedPipeline) and models.template.name == "plain"
+    assert (models.detokenizer.steps, models.detokenizer.guidance_scale) == (3, 1.5)
+    assert models.sampling.temperature == 0.0 and models.sampling.max_new_tokens == 24
+    assert (models.image_sampling.temperature, models.image_sampling.top_k, models.image_sampling.top_p) == \
+        (0.9, 5, 0.8)
+    codes, images = models.text_to_image(["a large red circle"], seed=[7])
+    assert codes.shape == (1, 32) and images.shape == (1, 3, 32, 32)
+    assert isinstance(models.caption(codes, seed=[7])[0], str)
+    with pytest.raises(ValueError, match="caption is empty"):
+        models.caption_ids("  ")
+    with pytest.raises(DemoModelError, match="generation embeddings"):
+        DemoModels(tokenizer, NormalisedDetokenizer(SeedDetokenizer.tiny(embed + 1, seed=0),
+                                                    EmbeddingNormaliser.identity(embed + 1)),
+                   Llama(LlamaConfig.tiny()), manifest)

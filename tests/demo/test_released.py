@@ -77,6 +77,15 @@ def test_text_to_codes_to_png_and_image_to_caption(released):
     assert "scene.png: the answer reached max_new_tokens=2 and is cut there" in caption.stderr
 
 
+def test_the_official_quantizer_file_goes_to_the_official_loader(released):
+    """``--tokenizer seed_quantizer.pt --vit eva_vit_g.pth`` loads by the official shapes; the tiny
+    stand-in's shapes are refused in one line naming the keys (the loader itself is tested with a
+    tiny config in tests/models/test_tokenizer_checkpoints.py)."""
+    done = seedfast("tokenize", "scene.png", "--tokenizer", "quantizer.pt", "--vit", "eva_vit.pt", cwd=released)
+    _one_line_error(done, "quantizer.pt + eva_vit.pt does not fit the SEED tokenizer", "missing key(s)",
+                    "query_tokens: expected [1, 32, 768], got [1, 32, 32]")
+
+
 def test_a_jsonl_batch_and_the_same_under_torchrun(released):
     one = seedfast("generate", "--prompts", "prompts.jsonl", "--out", "one", "--models", ".", "--batch-size", "3",
                    cwd=released)

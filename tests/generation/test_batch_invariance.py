@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from seedfast.generation.generate import generate
+from seedfast.generation.sampling import SamplingParams
 from seedfast.models.seed_llama import tiny_visual_vocab
 from seedfast.nn import ConstrainedSampler
 from tests.generation.tiny import one_thread, tiny_pair  # noqa: F401 (one_thread: fixture)
@@ -14,7 +15,7 @@ VOCAB = tiny_visual_vocab()
 # Nine requests of different lengths, some ending in <img> (the model must draw 32 codes).
 PROMPTS = [[1, *range(10, 10 + n)] + ([VOCAB.boi_id] if n % 3 == 0 else []) for n in (1, 3, 4, 6, 2, 9, 5, 7, 12)]
 SEEDS = [101, 7, 7, 55, 3, 9000, 12, 1, 42]
-SAMPLING = dict(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=12, ignore_eos=True)
+SAMPLING = dict(sampling=SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=12), ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
@@ -65,20 +66,20 @@ def test_context_limit_is_an_error_naming_both_numbers(model):
     long_prompt = [1] + [5] * (ctx - 40)
     with pytest.raises(ValueError, match=rf"prompts\[0\] has {len(long_prompt)} tokens and max_new_tokens=20 .* "
                                          rf"beyond the model's context of {ctx}"):
-        generate(model, [long_prompt], vocab=VOCAB, max_new_tokens=20)
+        generate(model, [long_prompt], SamplingParams(max_new_tokens=20), vocab=VOCAB)
     with pytest.raises(ValueError, match=rf"prompts\[1\] has 3 tokens and max_new_tokens={ctx} "):
-        generate(model, [[1, 5], [1, 5, 6]], vocab=VOCAB, max_new_tokens=[4, ctx])
+        generate(model, [[1, 5], [1, 5, 6]], [SamplingParams(max_new_tokens=v) for v in [4, ctx]], vocab=VOCAB)
     fits = ctx - len(long_prompt) - VOCAB.codes_per_image - 1
-    assert len(generate(model, [long_prompt], vocab=VOCAB, max_new_tokens=fits, temperature=0,
-                        ignore_eos=True)[0].token_ids) >= fits
+    out = generate(model, [long_prompt], SamplingParams.greedy(fits), vocab=VOCAB, ignore_eos=True)
+    assert len(out[0].token_ids) >= fits
 
 
 @pytest.mark.parametrize("seed", [2**63, -(2**63) - 1, 2**64])
 def test_out_of_range_seed_is_a_clear_error(model, seed):
     with pytest.raises(ValueError, match=r"seed must be an int in \[-2\*\*63, 2\*\*63\) \(int64\)"):
-        generate(model, [[1, 5]], vocab=VOCAB, max_new_tokens=2, seed=seed)
+        generate(model, [[1, 5]], SamplingParams(max_new_tokens=2), vocab=VOCAB, seed=seed)
     with pytest.raises(ValueError, match=r"stream must be an int in"):
-        generate(model, [[1, 5]], vocab=VOCAB, max_new_tokens=2, stream=seed)
+        generate(model, [[1, 5]], SamplingParams(max_new_tokens=2), vocab=VOCAB, stream=seed)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -90,12 +91,3 @@ def test_batch_invariance_with_cuda_graphs(model):
     for i in (0, 4, 8):
         alone = generate(cuda, [PROMPTS[i]], vocab=VOCAB, seed=SEEDS[i], stream=0, use_cuda_graphs=True, **SAMPLING)
         assert batch[i].token_ids == alone[0].token_ids, f"request {i}"
-
-
-def test_raw_0_255_float_pixels_are_refused(model):
-    from tests.generation.tiny import FakeImageTokenizer
-
-    raw = torch.full((3, 8, 8), 200.0)
-    with pytest.raises(ValueError, match=r"images\[0\]\[0\] has values in \[200, 200\].*normalised input"):
-        generate(model, [[1, 320, 321]], vocab=VOCAB, images=[raw], image_tokenizer=FakeImageTokenizer(),
-                 max_new_tokens=2)

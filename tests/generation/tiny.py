@@ -1,4 +1,4 @@
-"""Tiny LLaMA pairs (seedfast and transformers, same random weights) and fakes of the SEED image models."""
+"""Tiny LLaMA pairs (seedfast and transformers, same random weights)."""
 from __future__ import annotations
 
 import pytest
@@ -48,30 +48,3 @@ def silence_rows(model: Llama, ids) -> None:
 def non_text_ids(vocab=None) -> list[int]:
     vocab = vocab or tiny_visual_vocab()
     return list(range(vocab.text_vocab_size, vocab.min_vocab_size))
-
-
-class FakeImageTokenizer:
-    """Codes from pixel content (image ``i`` filled with value ``v`` → codes ``(round(v * 63) + j) % 64``);
-    generation embedding = the codes as floats."""
-
-    def __init__(self, num_codes: int = 64, codes_per_image: int = 32):
-        self.num_codes, self.n = num_codes, codes_per_image
-        self.encoded = 0
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        self.encoded += 1
-        base = (images.mean((1, 2, 3)) * 63).round().long()
-        return (base[:, None] + torch.arange(self.n)) % self.num_codes
-
-    def generation_embedding(self, codes: torch.Tensor) -> torch.Tensor:
-        return codes.float()
-
-
-class FakeDetokenizer:
-    """"Images" whose pixels hold the embedding's first value (and the seed in channel 1)."""
-
-    def decode(self, embeddings: torch.Tensor, *, seed: int) -> torch.Tensor:
-        b = embeddings.shape[0]
-        img = embeddings[:, :1, None, None].expand(b, 3, 4, 4).clone()
-        img[:, 1] = seed
-        return img

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from seedfast.generation.generate import generate
+from seedfast.generation.sampling import SamplingParams
 from seedfast.models.seed_llama import (
     LLAMA2_CHAT,
     VICUNA,
     code_token,
-    fill_image_slots,
     get_template,
     image_block,
     open_image_codes,
@@ -23,7 +23,7 @@ from seedfast.models.seed_llama_tokenizer import (
     visual_vocab_from_tokenizer,
 )
 from seedfast.visual_vocab import VisualVocab
-from tests.generation.tiny import FakeImageTokenizer, one_thread, tiny_pair  # noqa: F401 (one_thread: fixture)
+from tests.generation.tiny import one_thread, tiny_pair  # noqa: F401 (one_thread: fixture)
 
 VOCAB = tiny_visual_vocab()
 
@@ -94,36 +94,16 @@ def test_encode_equals_tokenizing_the_official_code_strings(tmp_path):
         wrapper.encode("<image>", [])
 
 
-def test_string_prompts_with_images_through_generate():
-    model, _ = tiny_pair(seed=31)
-    wrapper = SeedLlamaTokenizer(hf_tokenizer(), VOCAB)
-    fake = FakeImageTokenizer()
-    pixels = torch.full((3, 8, 8), 0.25)
-    out = generate(model, ["a cat", "USER: <image> at"], images=[pixels, [pixels]], tokenizer=wrapper,
-                   template="vicuna", image_tokenizer=fake, max_new_tokens=3, temperature=0)
-    codes = fake.encode(pixels[None])[0].tolist()
-    assert out[0].prompt_ids == wrapper.encode("USER: <image>a cat\nASSISTANT:", [codes])  # "{img}{question}"
-    assert out[1].prompt_ids == wrapper.encode("USER: USER: <image> at\nASSISTANT:", [codes])
-    for o in out:
-        assert isinstance(o.text, str) and o.text == "<image>".join(o.text_segments)
-        assert o.text == wrapper.decode(o.token_ids)  # no images generated here
-    ids_only = generate(model, [[1, 5]], vocab=VOCAB, max_new_tokens=2, temperature=0)[0]
-    with pytest.raises(TypeError, match="needs a tokenizer"):
-        ids_only.text
-    with pytest.raises(ValueError, match="differs from the tokenizer's"):
-        generate(model, ["a"], tokenizer=wrapper, vocab=VisualVocab(256, 256, 64, 320, 321, eos_id=3))
-
-
 def test_load_seed_llama_directories(tmp_path):
     model, hf = tiny_pair(seed=32)
     hf.save_pretrained(tmp_path / "model")
     hf_tokenizer().save_pretrained(tmp_path / "tokenizer")
     loaded, tok = load_seed_llama(tmp_path / "model", tmp_path / "tokenizer", vocab=VOCAB)
     assert isinstance(tok, SeedLlamaTokenizer) and len(tok) == 322
-    out = generate(loaded, ["a cat"], tokenizer=tok, template="llama2", max_new_tokens=4, temperature=0)
-    assert out[0].prompt_ids == tok.encode("[INST] a cat [/INST]\n")
-    assert out[0].token_ids == generate(model, [out[0].prompt_ids], vocab=VOCAB, max_new_tokens=4,
-                                        temperature=0)[0].token_ids
+    prompt = tok.encode(LLAMA2_CHAT.render("a cat"))
+    assert prompt == [1, *tok.encode_piece("[INST] a cat [/INST]\n")]
+    out = generate(loaded, [prompt], SamplingParams.greedy(4), vocab=tok.vocab)
+    assert out[0].token_ids == generate(model, [prompt], SamplingParams.greedy(4), vocab=VOCAB)[0].token_ids
     assert load_seed_llama(tmp_path / "model")[1] is None
     bigger = hf_tokenizer()
     bigger.add_tokens(["<extra>"])
@@ -132,7 +112,7 @@ def test_load_seed_llama_directories(tmp_path):
         load_seed_llama(tmp_path / "model", tmp_path / "bigger", vocab=VOCAB)
 
 
-def test_image_blocks_slots_and_open_images():
+def test_image_blocks_and_open_images():
     codes = list(range(32))
     block = image_block(codes, VOCAB)
     assert block == [320, *range(256, 288), 321]
@@ -141,9 +121,6 @@ def test_image_blocks_slots_and_open_images():
         image_block(codes[:31], VOCAB)
     with pytest.raises(ValueError, match="must be 32 codes in"):
         image_block([64] * 32, VOCAB)
-    assert fill_image_slots([1, 320, 321, 5], [codes], VOCAB) == [1, *block, 5]
-    with pytest.raises(ValueError, match=r"0 image slot\(s\)"):
-        fill_image_slots([1, 5], [codes], VOCAB)
     assert open_image_position([1, 5], VOCAB) == -1
     assert open_image_position([1, *block], VOCAB) == -1
     assert open_image_position([1, *block[:5]], VOCAB) == 4
