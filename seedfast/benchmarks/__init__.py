@@ -13,9 +13,12 @@ import warnings
 from types import ModuleType
 
 SUITES = {
+    "add_rms_norm": "seedfast.benchmarks.add_rms_norm",
     "constrained_sample": "seedfast.benchmarks.constrained_sample",
     "decode": "seedfast.benchmarks.decode",
     "qformer_attention": "seedfast.benchmarks.qformer_attention",
+    "rope_kv_write": "seedfast.benchmarks.rope_kv_write",
+    "silu_mul": "seedfast.benchmarks.silu_mul",
     "tokenizer": "seedfast.benchmarks.tokenizer",
     "vq": "seedfast.benchmarks.vq",
 }

@@ -9,11 +9,13 @@ Three ways through the same layers:
   SDPA over the cache or ``flash_attn_with_kvcache``. Static shapes, no host synchronisation, so a
   CUDA graph can capture it (:mod:`seedfast.generation.cuda_graphs`).
 
-Around the GEMMs, every path runs three fused ops (:mod:`seedfast.ops`): ``add_rms_norm`` (each
-residual add with the norm that follows it), ``silu_mul`` (SwiGLU) and, in a decode step,
-``rope_kv_write`` (the rotation of q and k with the cache write). ``backend="auto"`` runs their
-Triton kernels on CUDA when no gradient is recorded and their torch references otherwise, which
-compute exactly what the unfused layers computed: CPU numerics are those of plain torch.
+Around the GEMMs, every path runs three fused ops through their modules (:mod:`seedfast.nn`):
+:class:`~seedfast.nn.AddRMSNorm` (each residual add with the norm that follows it), the
+feed-forward :class:`~seedfast.nn.SwiGLU` (over ``silu_mul``) and, in a decode step,
+:class:`~seedfast.nn.RopeKVWrite` (the rotation of q and k with the cache write). ``backend="auto"``
+runs their Triton kernels on CUDA when no gradient is recorded and their torch references
+otherwise, which compute exactly what the unfused layers computed: CPU numerics are those of
+plain torch.
 
 The shape is a :class:`~seedfast.models.llama_config.LlamaConfig` (re-exported here). Inside,
 q/k/v and gate/up are fused into one matrix each (one GEMM instead of three, or two), and the
@@ -36,10 +38,11 @@ from torch import nn
 from seedfast._lazy import moved_names
 from seedfast.models.kv_cache import KVCache
 from seedfast.models.llama_config import SEED_LLAMA_VOCAB, LlamaConfig, RopeScaling
+from seedfast.nn.add_rms_norm import AddRMSNorm
+from seedfast.nn.rope_kv_write import RopeKVWrite
+from seedfast.nn.silu_mul import SwiGLU
 from seedfast.ops._inference import INFERENCE_BACKENDS
-from seedfast.ops.add_rms_norm import add_rms_norm
-from seedfast.ops.rope_kv_write import rope_kv_write, rope_rotate
-from seedfast.ops.silu_mul import silu_mul
+from seedfast.ops.rope_kv_write import rope_rotate
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "flash")
 
@@ -100,22 +103,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # Layers
 
 
-class RMSNorm(nn.Module):
-    """``weight * x / rms(x)`` through ``F.rms_norm`` (one fused kernel on CUDA).
-
-    Computed in float32 and rounded once; HF rounds to the model dtype before the weight, so in
-    bf16 the two may differ by one unit in the last place (fp32: identical up to rounding).
-    """
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-
-
 class Attention(nn.Module):
     """Fused q/k/v projection and the output projection; rotation, cache and attention are the caller's ``mix``."""
 
@@ -130,46 +117,32 @@ class Attention(nn.Module):
         return self.wo(mix(self.wqkv(x)).reshape(*x.shape[:-1], self.n_heads * self.head_dim))
 
 
-class FeedForward(nn.Module):
-    """SwiGLU: ``w2(silu(gate(x)) * up(x))`` with gate and up fused into ``w13``."""
-
-    def __init__(self, config: LlamaConfig):
-        super().__init__()
-        self.w13 = nn.Linear(config.dim, 2 * config.intermediate_size, bias=False)
-        self.w2 = nn.Linear(config.intermediate_size, config.dim, bias=False)
-
-    def forward(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-        return self.w2(silu_mul(self.w13(x), backend=backend))
-
-
 class TransformerBlock(nn.Module):
     """Pre-norm attention and feed-forward, each added to the residual stream.
 
     The residual stream travels as ``(x, delta)`` with ``x + delta`` its value: each add is
-    left to the norm that reads its result, so one ``add_rms_norm`` does both.
+    left to the norm that reads its result, so one :class:`~seedfast.nn.AddRMSNorm` does both.
     """
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention_norm = AddRMSNorm(config.dim, config.norm_eps)
         self.attention = Attention(config)
-        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
-        self.feed_forward = FeedForward(config)
+        self.ffn_norm = AddRMSNorm(config.dim, config.norm_eps)
+        self.feed_forward = SwiGLU(config.dim, config.intermediate_size)
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor | None, mix: Callable[[torch.Tensor], torch.Tensor],
                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, delta)`` in (``delta=None``: nothing pending) → ``(x', delta')`` out, ``[..., dim]`` each."""
         h, x = _add_norm(self.attention_norm, x, delta, backend)
-        h, x = add_rms_norm(self.attention(h, mix), x, self.ffn_norm.weight, self.ffn_norm.eps, backend=backend)
-        return x, self.feed_forward(h, backend)
+        h, x = self.ffn_norm(self.attention(h, mix), x, backend=backend)
+        return x, self.feed_forward(h, backend=backend)
 
 
-def _add_norm(norm: RMSNorm, x: torch.Tensor, delta: torch.Tensor | None,
+def _add_norm(norm: AddRMSNorm, x: torch.Tensor, delta: torch.Tensor | None,
               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(norm(x + delta), x + delta)``; with no ``delta``, ``(norm(x), x)``."""
-    if delta is None:
-        return norm(x), x
-    return add_rms_norm(delta, x, norm.weight, norm.eps, backend=backend)
+    return norm(x) if delta is None else norm(delta, x, backend=backend)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +228,7 @@ class Llama(nn.Module):
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.norm = AddRMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
@@ -369,6 +342,7 @@ class Llama(nn.Module):
         tokens : LongTensor ``[B]``
         cache : KVCache with at least B rows; rows ``0 .. B-1`` are used
         rope : RopeTable covering every position in ``cache.lengths[:B]``
+            Held as it is (no copy) by the step's :class:`~seedfast.nn.RopeKVWrite`, which checks it.
         seq_len : int, optional
             Attend over the first ``seq_len`` cache positions only (SDPA; default: the whole cache).
             Every ``cache.lengths[b]`` must be below it.
@@ -385,17 +359,19 @@ class Llama(nn.Module):
         b = tokens.shape[0]
         s = cache.max_seq_len if seq_len is None else seq_len
         positions = cache.lengths[:b]
+        # The caller's table, held as it is (no copy): what a captured CUDA graph reads.
+        rotate_write = RopeKVWrite(*rope, backend=backend)
         if attention == "flash":
             # The cache already holds the new token when flash-attn runs: it attends to lengths + 1.
-            mix = functools.partial(_decode_flash, cache=cache, rope=rope, positions=positions,
-                                    seqlens=positions + 1, backend=backend)
+            mix = functools.partial(_decode_flash, cache=cache, rotate_write=rotate_write, positions=positions,
+                                    seqlens=positions + 1)
         elif attention == "sdpa":
             # Additive, in the model dtype, built once per step rather than converted in every layer.
             beyond = torch.arange(s, device=tokens.device)[None, :] > positions[:, None]
             mask = torch.zeros(beyond.shape, dtype=self.dtype, device=tokens.device).masked_fill_(beyond, -math.inf)
             mask = mask[:, None, None, :]
-            mix = functools.partial(_decode_padded, cache=cache, rope=rope, positions=positions, seq_len=s, mask=mask,
-                                    backend=backend)
+            mix = functools.partial(_decode_padded, cache=cache, rotate_write=rotate_write, positions=positions,
+                                    seq_len=s, mask=mask)
         else:
             raise ValueError(f"Llama.decode: attention must be 'sdpa' or 'flash', got {attention!r}")
         return self.output(self._layers(self.tok_embeddings(tokens), mix, backend))
@@ -438,19 +414,19 @@ def _prefill_varlen(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     return flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, causal=True)
 
 
-def _decode_padded(i: int, qkv: torch.Tensor, *, cache: KVCache, rope: RopeTable, positions: torch.Tensor,
-                   seq_len: int, mask: torch.Tensor, backend: str) -> torch.Tensor:
+def _decode_padded(i: int, qkv: torch.Tensor, *, cache: KVCache, rotate_write: RopeKVWrite, positions: torch.Tensor,
+                   seq_len: int, mask: torch.Tensor) -> torch.Tensor:
     b = qkv.shape[0]
-    q = rope_kv_write(qkv, rope[0], rope[1], positions, cache.k[i], cache.v[i], backend=backend)
+    q = rotate_write(qkv, positions, cache.k[i], cache.v[i])
     return _decode_sdpa(q, cache.k[i, :b, :seq_len], cache.v[i, :b, :seq_len], mask)
 
 
-def _decode_flash(i: int, qkv: torch.Tensor, *, cache: KVCache, rope: RopeTable, positions: torch.Tensor,
-                  seqlens: torch.Tensor, backend: str) -> torch.Tensor:
+def _decode_flash(i: int, qkv: torch.Tensor, *, cache: KVCache, rotate_write: RopeKVWrite, positions: torch.Tensor,
+                  seqlens: torch.Tensor) -> torch.Tensor:
     from flash_attn import flash_attn_with_kvcache
 
     b = qkv.shape[0]
-    q = rope_kv_write(qkv, rope[0], rope[1], positions, cache.k[i], cache.v[i], backend=backend)
+    q = rotate_write(qkv, positions, cache.k[i], cache.v[i])
     # Attends to positions 0 .. seqlens[b] - 1, the new token (written above) included.
     o = flash_attn_with_kvcache(q[:, None], cache.k[i, :b], cache.v[i, :b], cache_seqlens=seqlens, causal=True)
     return o[:, 0]

@@ -14,6 +14,12 @@ from seedfast.ops._common import resolve_backend
 INFERENCE_BACKENDS = ("auto", "triton", "torch")
 
 
+def check_inference_backend(owner: str, backend: object) -> None:
+    """Raise ValueError naming ``owner`` unless ``backend`` is one of :data:`INFERENCE_BACKENDS`."""
+    if backend not in INFERENCE_BACKENDS:
+        raise ValueError(f"{owner}: backend must be one of {INFERENCE_BACKENDS}, got {backend!r}")
+
+
 def needs_grad(*tensors: torch.Tensor) -> bool:
     """Whether autograd would record an op on these tensors."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

@@ -146,3 +146,15 @@ def test_write_result_on_a_full_disk_leaves_the_previous_file(tmp_path, monkeypa
         write_result(result, tmp_path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_every_suite_loads_under_its_op_name():
+    """One name per op: ``seedfast bench --op NAME`` finds each suite, and the suite names itself so."""
+    from seedfast.benchmarks import SUITES, load_suite
+
+    assert {"vq", "qformer_attention", "constrained_sample", "rope_kv_write", "add_rms_norm", "silu_mul",
+            "tokenizer", "decode"} <= set(SUITES)
+    for name in SUITES:
+        assert load_suite(name).NAME == name
+    with pytest.raises(ValueError, match="unknown benchmark op 'nope'"):
+        load_suite("nope")
