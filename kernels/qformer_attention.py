@@ -291,6 +291,25 @@ def _attn_fwd(
 
 
 @triton.jit
+def _dq_rows(q_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, bh, b, h, rows, row_ok, LQ,
+             sq_b, sq_h, sq_l, so_b, so_h, so_l, sdo_b, sdo_h, sdo_l,
+             HEAD_DIM: tl.constexpr, D_LO: tl.constexpr, D_HI: tl.constexpr, ALIGN: tl.constexpr,
+             INTERPRET_BF16: tl.constexpr):
+    """Both dQ kernels' per-row inputs: Q and dO, ``delta = rowsum(dO ∘ O)`` (also stored for the
+    dK/dV kernel) and the base-2 exponent of each row's normaliser (+inf for rows that see nothing)."""
+    q_lo, q_hi = _load_head(_head_base(q_ptr, b, h, sq_b, sq_h, ALIGN), rows, row_ok, sq_l,
+                            HEAD_DIM, D_LO, D_HI, ALIGN, INTERPRET_BF16)
+    do_lo, do_hi = _load_head(_head_base(do_ptr, b, h, sdo_b, sdo_h, ALIGN), rows, row_ok, sdo_l,
+                              HEAD_DIM, D_LO, D_HI, ALIGN, INTERPRET_BF16)
+    o_lo, o_hi = _load_head(_head_base(o_ptr, b, h, so_b, so_h, ALIGN), rows, row_ok, so_l,
+                            HEAD_DIM, D_LO, D_HI, ALIGN, INTERPRET_BF16)
+    delta = _row_dot_head(do_lo, do_hi, o_lo, o_hi, D_HI)
+    tl.store(delta_ptr + bh.to(tl.int64) * LQ + rows, delta, mask=row_ok)
+    lse2 = tl.load(lse_ptr + bh.to(tl.int64) * LQ + rows, mask=row_ok, other=float("inf")) * RCP_LN2
+    return q_lo, q_hi, do_lo, do_hi, delta, lse2
+
+
+@triton.jit
 def _attn_bwd_dq(
     q_ptr, k_ptr, v_ptr, lens_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     H, LQ, LK, qk_scale, scale,
@@ -306,16 +325,9 @@ def _attn_bwd_dq(
     rows = start_m + tl.arange(0, BLOCK_M)
     row_ok = rows < LQ
 
-    q_lo, q_hi = _load_head(_head_base(q_ptr, b, h, sq_b, sq_h, ALIGN), rows, row_ok, sq_l,
-                            HEAD_DIM, D_LO, D_HI, ALIGN, INTERPRET_BF16)
-    do_lo, do_hi = _load_head(_head_base(do_ptr, b, h, sdo_b, sdo_h, ALIGN), rows, row_ok, sdo_l,
-                              HEAD_DIM, D_LO, D_HI, ALIGN, INTERPRET_BF16)
-    o_lo, o_hi = _load_head(_head_base(o_ptr, b, h, so_b, so_h, ALIGN), rows, row_ok, so_l,
-                            HEAD_DIM, D_LO, D_HI, ALIGN, INTERPRET_BF16)
-    delta = _row_dot_head(do_lo, do_hi, o_lo, o_hi, D_HI)
-    tl.store(delta_ptr + bh.to(tl.int64) * LQ + rows, delta, mask=row_ok)
-    # Base-2 exponent of each row's normaliser; +inf for rows that see nothing.
-    lse2 = tl.load(lse_ptr + bh.to(tl.int64) * LQ + rows, mask=row_ok, other=float("inf")) * RCP_LN2
+    q_lo, q_hi, do_lo, do_hi, delta, lse2 = _dq_rows(
+        q_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, bh, b, h, rows, row_ok, LQ,
+        sq_b, sq_h, sq_l, so_b, so_h, so_l, sdo_b, sdo_h, sdo_l, HEAD_DIM, D_LO, D_HI, ALIGN, INTERPRET_BF16)
 
     k_base = _head_base(k_ptr, b, h, sk_b, sk_h, ALIGN)
     v_base = _head_base(v_ptr, b, h, sv_b, sv_h, ALIGN)
@@ -486,15 +498,9 @@ def _attn_bwd_dq_keys_major(
     rows = start_m + tl.arange(0, BLOCK_M)
     row_ok = rows < LQ
 
-    q_lo, q_hi = _load_head(_head_base(q_ptr, b, h, sq_b, sq_h, ALIGN), rows, row_ok, sq_l,
-                            HEAD_DIM, D_LO, D_HI, ALIGN, INTERPRET_BF16)
-    do_lo, do_hi = _load_head(_head_base(do_ptr, b, h, sdo_b, sdo_h, ALIGN), rows, row_ok, sdo_l,
-                              HEAD_DIM, D_LO, D_HI, ALIGN, INTERPRET_BF16)
-    o_lo, o_hi = _load_head(_head_base(o_ptr, b, h, so_b, so_h, ALIGN), rows, row_ok, so_l,
-                            HEAD_DIM, D_LO, D_HI, ALIGN, INTERPRET_BF16)
-    delta = _row_dot_head(do_lo, do_hi, o_lo, o_hi, D_HI)
-    tl.store(delta_ptr + bh.to(tl.int64) * LQ + rows, delta, mask=row_ok)
-    lse2 = tl.load(lse_ptr + bh.to(tl.int64) * LQ + rows, mask=row_ok, other=float("inf")) * RCP_LN2
+    q_lo, q_hi, do_lo, do_hi, delta, lse2 = _dq_rows(
+        q_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, bh, b, h, rows, row_ok, LQ,
+        sq_b, sq_h, sq_l, so_b, so_h, so_l, sdo_b, sdo_h, sdo_l, HEAD_DIM, D_LO, D_HI, ALIGN, INTERPRET_BF16)
 
     k_base = _head_base(k_ptr, b, h, sk_b, sk_h, ALIGN)
     v_base = _head_base(v_ptr, b, h, sv_b, sv_h, ALIGN)
