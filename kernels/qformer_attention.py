@@ -80,7 +80,10 @@ def _config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Confi
 # without register spills at D = 80, 88 and 96 (the tests read the compiled code): the 32×64
 # and 64×64 tiles run 8 warps because with 4 the 32×64 dQ and forward kernels spilled at
 # D = 80 and 96 and the 64×64 dK/dV kernel at D = 88 and 128; a 64-row tile is what puts
-# all three kernels on wgmma on sm_90.
+# all three kernels on wgmma on sm_90. On sm_80 (mma.sync keeps more of the split head dim's
+# two accumulators live) the 64×64 dK/dV tile spills 12-84 bytes at D = 80, 88 and 96 and none
+# at 64 or 128 (ptxas, 2026-12-07); the autotuner times it there against the spill-free
+# 32-row tiles, and more warps do not help (16 warps cap registers at 128 and spill KBs).
 GPU_CONFIGS = [_config(32, 32, 4, 2), _config(32, 64, 8, 2), _config(64, 64, 8, 2)]
 # fp32 uses 3xTF32, which splits each operand into a high and a low half and triples the
 # dots: only 16×16 tiles over 8 warps stay spill-free at D = 88..128 (32×32 spilled up to
