@@ -36,7 +36,13 @@ multiplied back by the constexpr, so rows of a ``D = 88`` tensor, whose stride T
 prove 16-byte aligned by itself, are read with 16-byte vector and ``cp.async`` loads.
 
 Every sum is taken in a fixed order by one program (no atomics), so results are bitwise
-reproducible.
+reproducible. That is also why the backward stays two kernels rather than FlashAttention-2's
+single one: a fused dQ/dK/dV kernel walks queries inside each key block and must add its dQ
+contributions with atomics (order-dependent sums), or serialise the key blocks of a head.
+The price is two recomputed GEMMs (``S`` and ``dP`` in both kernels: 7 GEMMs against 5), about
+40% more backward MMA work; at SEED's shapes the kernels report estimates every attention case
+as bandwidth-bound, not MMA-bound (``seedfast kernels``: an estimate from the compiled code, no
+GPU has timed the two designs against each other).
 
 Key blocks that no row of a query block can see are never visited: the walk stops at
 ``min(Lk, kv_lens[b])`` and, when causal, at the block's last query index; the dK/dV walk
