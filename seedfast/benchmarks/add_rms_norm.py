@@ -17,24 +17,19 @@ weight read once.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from seedfast.benchmarks.harness import Case, Impl, PeerUnavailable
-from seedfast.models.llama_config import LlamaConfig
+from seedfast.benchmarks.decode_ops import DTYPES, MODELS, compiled, decode_cases, eager, element_size, flashinfer
+from seedfast.benchmarks.harness import Case, Impl
 from seedfast.ops.add_rms_norm import add_rms_norm, add_rms_norm_reference
 
 NAME = "add_rms_norm"
-MODELS = {"8b": LlamaConfig.seed_llama_8b(), "14b": LlamaConfig.seed_llama_14b()}
-BATCHES = (1, 64, 256)
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def case_for(b: int, model: str, dt: str) -> Case:
     """The case of ``b`` rows at ``model``'s hidden width (``"8b"``: 4096, ``"14b"``: 5120) in ``dt``."""
     n = MODELS[model].dim
-    elt = torch.finfo(_DTYPES[dt]).bits // 8
+    elt = element_size(dt)
     moved = (4 * b * n + n) * elt
     return Case(NAME, "decode", {"B": b, "model": model, "N": n, "dtype": dt}, bytes=float(moved), size=b)
 
@@ -42,56 +37,25 @@ def case_for(b: int, model: str, dt: str) -> Case:
 def cases(*, quick: bool, device: torch.device) -> list[Case]:
     """On CUDA, SEED-LLaMA 8B and 14B decode steps, B ∈ BATCHES, in bf16 (quick: B ∈ {1, 256});
     on CPU, fp32 regressions at the same widths (quick: 8B, B ∈ {1, 64})."""
-    if device.type == "cuda":
-        batches, models, dt = ((1, 256) if quick else BATCHES), tuple(MODELS), "bf16"
-    else:
-        batches, models, dt = ((1, 64) if quick else BATCHES), (("8b",) if quick else tuple(MODELS)), "fp32"
-    return [case_for(b, model, dt) for model in models for b in batches]
+    return decode_cases(case_for, quick=quick, device=device)
 
 
 def make_inputs(case: Case, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """``(x, residual, weight, eps)``: a sublayer output, a residual stream and a weight around 1."""
     p = case.params
     g = torch.Generator(device="cpu").manual_seed(0)
-    dtype = _DTYPES[p["dtype"]]
+    dtype = DTYPES[p["dtype"]]
     x = torch.randn(p["B"], p["N"], generator=g).to(device=device, dtype=dtype)
     residual = (4 * torch.randn(p["B"], p["N"], generator=g)).to(device=device, dtype=dtype)
     weight = (1 + 0.1 * torch.randn(p["N"], generator=g)).to(device=device, dtype=dtype)
     return x, residual, weight, MODELS[p["model"]].norm_eps
 
 
-def _build(fn: Callable) -> Callable[[Case, torch.device], Callable[[], object]]:
-    def build(case: Case, device: torch.device) -> Callable[[], object]:
-        x, residual, weight, eps = make_inputs(case, device)
-        return lambda: fn(x, residual, weight, eps)
-
-    return build
-
-
-def _build_compiled(case: Case, device: torch.device) -> Callable[[], object]:
-    if device.type != "cuda":
-        raise PeerUnavailable("torch.compile of the reference is timed on CUDA only")
-    x, residual, weight, eps = make_inputs(case, device)
-    compiled = torch.compile(add_rms_norm_reference, dynamic=False)
-    return lambda: compiled(x, residual, weight, eps)
-
-
-def _build_flashinfer(case: Case, device: torch.device) -> Callable[[], object]:
-    if device.type != "cuda":
-        raise PeerUnavailable("FlashInfer runs on CUDA only")
-    try:
-        from flashinfer.norm import fused_add_rmsnorm
-    except ImportError as err:
-        raise PeerUnavailable("flashinfer is not installed") from err
-    x, residual, weight, eps = make_inputs(case, device)
+impls = [
+    Impl("seedfast", eager(add_rms_norm, make_inputs), ours=True),
+    Impl("torch", eager(add_rms_norm_reference, make_inputs)),
+    Impl("torch-compile", compiled(add_rms_norm_reference, make_inputs)),
     # In place: each call adds x (by then the previous call's normalised sum) to the stream again,
     # so the values stay bounded and the bytes moved are those of one fused call.
-    return lambda: fused_add_rmsnorm(x, residual, weight, eps)
-
-
-impls = [
-    Impl("seedfast", _build(add_rms_norm), ours=True),
-    Impl("torch", _build(add_rms_norm_reference)),
-    Impl("torch-compile", _build_compiled),
-    Impl("flashinfer", _build_flashinfer),
+    Impl("flashinfer", flashinfer("flashinfer.norm", "fused_add_rmsnorm", make_inputs)),
 ]

@@ -17,28 +17,23 @@ the cache is never touched, so ``S`` changes nothing but the memory held.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from seedfast.benchmarks.harness import Case, Impl, PeerUnavailable
+from seedfast.benchmarks.decode_ops import DTYPES, MODELS, compiled, decode_cases, eager, element_size
+from seedfast.benchmarks.harness import Case, Impl
 from seedfast.models.llama import rope_table
-from seedfast.models.llama_config import LlamaConfig
 from seedfast.ops.rope_kv_write import rope_kv_write, rope_kv_write_reference
 
 NAME = "rope_kv_write"
-MODELS = {"8b": LlamaConfig.seed_llama_8b(), "14b": LlamaConfig.seed_llama_14b()}
-BATCHES = (1, 64, 256)
 # Cache positions per row: rows are written at positions spread over it.
 CACHE_LEN = 512
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def case_for(b: int, model: str, dt: str) -> Case:
     """The case of ``b`` rows with ``model``'s heads (``"8b"``: 32 × 128, ``"14b"``: 40 × 128) in ``dt``."""
     c = MODELS[model]
     h, hkv, d = c.n_heads, c.n_kv_heads, c.head_dim
-    elt = torch.finfo(_DTYPES[dt]).bits // 8
+    elt = element_size(dt)
     # qkv read, then q, k and v written: (H + 2·Hkv)·D elements each way; cos, sin rows and the position.
     moved = 2 * b * (h + 2 * hkv) * d * elt + b * (2 * d * 4 + 4)
     return Case(NAME, "decode", {"B": b, "model": model, "H": h, "Hkv": hkv, "D": d, "S": CACHE_LEN, "dtype": dt},
@@ -48,11 +43,7 @@ def case_for(b: int, model: str, dt: str) -> Case:
 def cases(*, quick: bool, device: torch.device) -> list[Case]:
     """On CUDA, SEED-LLaMA 8B and 14B decode steps, B ∈ BATCHES, in bf16 (quick: B ∈ {1, 256});
     on CPU, fp32 regressions at the same head layouts (quick: 8B, B ∈ {1, 64})."""
-    if device.type == "cuda":
-        batches, models, dt = ((1, 256) if quick else BATCHES), tuple(MODELS), "bf16"
-    else:
-        batches, models, dt = ((1, 64) if quick else BATCHES), (("8b",) if quick else tuple(MODELS)), "fp32"
-    return [case_for(b, model, dt) for model in models for b in batches]
+    return decode_cases(case_for, quick=quick, device=device)
 
 
 def make_inputs(case: Case, device: torch.device) -> dict[str, torch.Tensor]:
@@ -61,7 +52,7 @@ def make_inputs(case: Case, device: torch.device) -> dict[str, torch.Tensor]:
     row in its own cache row) and zeroed caches ``k_cache``, ``v_cache``."""
     p = case.params
     g = torch.Generator(device="cpu").manual_seed(0)
-    dtype = _DTYPES[p["dtype"]]
+    dtype = DTYPES[p["dtype"]]
     b, h, hkv, d, s = p["B"], p["H"], p["Hkv"], p["D"], p["S"]
     cos, sin = rope_table(MODELS[p["model"]], s, device)
     positions = torch.randint(0, s, (b,), generator=g).to(device=device, dtype=torch.int32)
@@ -75,24 +66,8 @@ def make_inputs(case: Case, device: torch.device) -> dict[str, torch.Tensor]:
     }
 
 
-def _build(fn: Callable[..., torch.Tensor]) -> Callable[[Case, torch.device], Callable[[], object]]:
-    def build(case: Case, device: torch.device) -> Callable[[], object]:
-        x = make_inputs(case, device)
-        return lambda: fn(**x)
-
-    return build
-
-
-def _build_compiled(case: Case, device: torch.device) -> Callable[[], object]:
-    if device.type != "cuda":
-        raise PeerUnavailable("torch.compile of the reference is timed on CUDA only")
-    x = make_inputs(case, device)
-    compiled = torch.compile(rope_kv_write_reference, dynamic=False)
-    return lambda: compiled(**x)
-
-
 impls = [
-    Impl("seedfast", _build(rope_kv_write), ours=True),
-    Impl("torch", _build(rope_kv_write_reference)),
-    Impl("torch-compile", _build_compiled),
+    Impl("seedfast", eager(rope_kv_write, make_inputs), ours=True),
+    Impl("torch", eager(rope_kv_write_reference, make_inputs)),
+    Impl("torch-compile", compiled(rope_kv_write_reference, make_inputs)),
 ]

@@ -16,74 +16,38 @@ intermediate widths. ``Case.bytes``: the input read once and the ``[B, I]`` outp
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from seedfast.benchmarks.harness import Case, Impl, PeerUnavailable
-from seedfast.models.llama_config import LlamaConfig
+from seedfast.benchmarks.decode_ops import DTYPES, MODELS, compiled, decode_cases, eager, element_size, flashinfer
+from seedfast.benchmarks.harness import Case, Impl
 from seedfast.ops.silu_mul import silu_mul, silu_mul_reference
 
 NAME = "silu_mul"
-MODELS = {"8b": LlamaConfig.seed_llama_8b(), "14b": LlamaConfig.seed_llama_14b()}
-BATCHES = (1, 64, 256)
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def case_for(b: int, model: str, dt: str) -> Case:
     """The case of ``b`` rows at ``model``'s intermediate width (``"8b"``: 11008, ``"14b"``: 13824) in ``dt``."""
     i = MODELS[model].intermediate_size
-    elt = torch.finfo(_DTYPES[dt]).bits // 8
+    elt = element_size(dt)
     return Case(NAME, "decode", {"B": b, "model": model, "I": i, "dtype": dt}, bytes=float(3 * b * i * elt), size=b)
 
 
 def cases(*, quick: bool, device: torch.device) -> list[Case]:
     """On CUDA, SEED-LLaMA 8B and 14B decode steps, B ∈ BATCHES, in bf16 (quick: B ∈ {1, 256});
     on CPU, fp32 regressions at the same widths (quick: 8B, B ∈ {1, 64})."""
-    if device.type == "cuda":
-        batches, models, dt = ((1, 256) if quick else BATCHES), tuple(MODELS), "bf16"
-    else:
-        batches, models, dt = ((1, 64) if quick else BATCHES), (("8b",) if quick else tuple(MODELS)), "fp32"
-    return [case_for(b, model, dt) for model in models for b in batches]
+    return decode_cases(case_for, quick=quick, device=device)
 
 
 def make_inputs(case: Case, device: torch.device) -> torch.Tensor:
     """The fused projection ``[B, 2·I]``: gate in the first half, up in the second."""
     p = case.params
     g = torch.Generator(device="cpu").manual_seed(0)
-    return (2 * torch.randn(p["B"], 2 * p["I"], generator=g)).to(device=device, dtype=_DTYPES[p["dtype"]])
-
-
-def _build(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Case, torch.device], Callable[[], object]]:
-    def build(case: Case, device: torch.device) -> Callable[[], object]:
-        x = make_inputs(case, device)
-        return lambda: fn(x)
-
-    return build
-
-
-def _build_compiled(case: Case, device: torch.device) -> Callable[[], object]:
-    if device.type != "cuda":
-        raise PeerUnavailable("torch.compile of the reference is timed on CUDA only")
-    x = make_inputs(case, device)
-    compiled = torch.compile(silu_mul_reference, dynamic=False)
-    return lambda: compiled(x)
-
-
-def _build_flashinfer(case: Case, device: torch.device) -> Callable[[], object]:
-    if device.type != "cuda":
-        raise PeerUnavailable("FlashInfer runs on CUDA only")
-    try:
-        from flashinfer.activation import silu_and_mul
-    except ImportError as err:
-        raise PeerUnavailable("flashinfer is not installed") from err
-    x = make_inputs(case, device)
-    return lambda: silu_and_mul(x)
+    return (2 * torch.randn(p["B"], 2 * p["I"], generator=g)).to(device=device, dtype=DTYPES[p["dtype"]])
 
 
 impls = [
-    Impl("seedfast", _build(silu_mul), ours=True),
-    Impl("torch", _build(silu_mul_reference)),
-    Impl("torch-compile", _build_compiled),
-    Impl("flashinfer", _build_flashinfer),
+    Impl("seedfast", eager(silu_mul, make_inputs), ours=True),
+    Impl("torch", eager(silu_mul_reference, make_inputs)),
+    Impl("torch-compile", compiled(silu_mul_reference, make_inputs)),
+    Impl("flashinfer", flashinfer("flashinfer.activation", "silu_and_mul", make_inputs)),
 ]

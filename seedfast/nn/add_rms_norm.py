@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seedfast._checks import check_positive_ints
-from seedfast.ops._inference import check_inference_backend
+from seedfast.ops._inference import check_inference_backend, check_module_input
 from seedfast.ops.add_rms_norm import add_rms_norm
 
 # LLaMA-2's and Hugging Face's LlamaRMSNorm default.
@@ -98,13 +98,7 @@ class AddRMSNorm(nn.Module):
         ValueError
             ``x``'s last dim is not ``dim``, shapes differ, or an unknown ``backend``.
         """
-        name = type(self).__name__
-        if backend is not None:
-            check_inference_backend(name, backend)
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() < 1 or x.shape[-1] != self.dim:
-            raise ValueError(f"{name}: x must have shape [..., {self.dim}], got {tuple(x.shape)}")
+        check_module_input(type(self).__name__, x, self.dim, backend)
         if residual is None:
             return F.rms_norm(x, (self.dim,), self.weight, self.eps), x
         return add_rms_norm(x, residual, self.weight, self.eps, backend=backend or self.backend)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from seedfast._checks import check_positive_ints
-from seedfast.ops._inference import check_inference_backend
+from seedfast.ops._inference import check_inference_backend, check_module_input
 from seedfast.ops.silu_mul import silu_mul
 
 
@@ -130,13 +130,7 @@ class SwiGLU(nn.Module):
         ValueError
             ``x``'s last dim is not ``dim``, or an unknown ``backend``.
         """
-        name = type(self).__name__
-        if backend is not None:
-            check_inference_backend(name, backend)
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() < 1 or x.shape[-1] != self.dim:
-            raise ValueError(f"{name}: x must have shape [..., {self.dim}], got {tuple(x.shape)}")
+        check_module_input(type(self).__name__, x, self.dim, backend)
         return self.w2(silu_mul(self.w13(x), backend=backend or self.backend))
 
     def extra_repr(self) -> str:

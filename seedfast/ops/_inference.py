@@ -20,6 +20,24 @@ def check_inference_backend(owner: str, backend: object) -> None:
         raise ValueError(f"{owner}: backend must be one of {INFERENCE_BACKENDS}, got {backend!r}")
 
 
+def check_module_input(owner: str, x: object, dim: int, backend: object) -> None:
+    """A decode module's per-call checks: an optional ``backend`` override, and ``x`` a tensor ``[..., dim]``.
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not a tensor.
+    ValueError
+        ``x``'s last dim is not ``dim``, or an unknown ``backend``.
+    """
+    if backend is not None:
+        check_inference_backend(owner, backend)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{owner}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[-1] != dim:
+        raise ValueError(f"{owner}: x must have shape [..., {dim}], got {tuple(x.shape)}")
+
+
 def needs_grad(*tensors: torch.Tensor) -> bool:
     """Whether autograd would record an op on these tensors."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
