@@ -8,7 +8,9 @@ floats in [0, 1]. Pillow is imported only when real data is read. The tokenizer'
 """
 from seedfast._lazy import moved_names
 from seedfast.data.checker import (
+    accuracy_breakdown,
     attribute_accuracy,
+    attribute_breakdown,
     caption_accuracy,
     checker_accuracy,
     degrade_images,
@@ -58,7 +60,9 @@ __all__ = [
     "Scene",
     "SceneLayout",
     "TarImageCaptions",
+    "accuracy_breakdown",
     "attribute_accuracy",
+    "attribute_breakdown",
     "caption_accuracy",
     "checker_accuracy",
     "collate",

@@ -145,6 +145,86 @@ def attribute_accuracy(predicted: Scene | None, truth: Scene) -> float:
     return best / (len(ATTRIBUTES) * slots)
 
 
+def _best_pairing(predicted: Scene, truth: Scene) -> dict[int, int]:
+    """Truth object index → predicted object index under the pairing :func:`attribute_accuracy` scores
+    (the most equal attributes; among ties, the first in ``itertools.permutations`` order)."""
+    n_true, n_pred = len(truth.objects), len(predicted.objects)
+    if n_true <= n_pred:
+        options = [dict(enumerate(chosen)) for chosen in itertools.permutations(range(n_pred), n_true)]
+    else:
+        options = [{t: p for p, t in enumerate(chosen)} for chosen in itertools.permutations(range(n_true), n_pred)]
+    return max(options, key=lambda pairs: sum(_equal_attributes(truth.objects[t], predicted.objects[p])
+                                              for t, p in pairs.items()))
+
+
+def attribute_breakdown(predicted: Scene | None, truth: Scene) -> dict[str, float]:
+    """Per attribute, the fraction of ``truth``'s objects that ``predicted`` gets right, and the relation.
+
+    Objects are paired as in :func:`attribute_accuracy`; a true object with no predicted partner
+    (or ``predicted=None``) counts as wrong in every attribute. For a two-object truth,
+    ``relation`` is 1.0 when the prediction holds exactly two objects and the partners of the
+    first and second true objects stand in the true relation (``above``, ``below``, ``to the
+    left of``, ``to the right of``: their positions), else 0.0; one-object truths have no
+    ``relation`` key.
+
+    Returns
+    -------
+    dict
+        ``shape``, ``colour``, ``size``, ``position`` (each in [0, 1]) and, for two-object truths, ``relation``.
+    """
+    n = len(truth.objects)
+    right = dict.fromkeys(ATTRIBUTES, 0)
+    pairs = _best_pairing(predicted, truth) if predicted is not None and predicted.objects and n else {}
+    for t, p in pairs.items():
+        for name in ATTRIBUTES:
+            right[name] += getattr(truth.objects[t], name) == getattr(predicted.objects[p], name)
+    out = {name: right[name] / n if n else 1.0 for name in ATTRIBUTES}
+    if n == 2:
+        same = predicted is not None and len(predicted.objects) == 2 and len(pairs) == 2 and all(
+            predicted.objects[pairs[t]].position == truth.objects[t].position for t in (0, 1))
+        out["relation"] = float(same)
+    return out
+
+
+def accuracy_breakdown(predicted: Sequence[Scene | None], truths: Sequence[Scene | None]) -> dict[str, float]:
+    """Means over a set: :func:`attribute_accuracy` (``overall``, as :func:`image_accuracy` and
+    :func:`caption_accuracy` give it) and split by the truth's object count,
+    :func:`attribute_breakdown` per attribute, and the relation over two-object truths.
+
+    A None truth (a prompt that did not parse) counts as 0 everywhere it would count.
+
+    Returns
+    -------
+    dict
+        ``overall``, ``shape``, ``colour``, ``size``, ``position``; ``relation`` and
+        ``two_objects`` when some truth holds two objects, ``one_object`` when some holds one;
+        ``count`` the number scored.
+
+    Raises
+    ------
+    ValueError
+        ``len(predicted)`` differs from ``len(truths)`` or is 0.
+    """
+    if len(truths) == 0 or len(truths) != len(predicted):
+        raise ValueError(f"accuracy_breakdown: need one truth per prediction, got {len(truths)} for {len(predicted)}")
+    sums: dict[str, float] = dict.fromkeys(ATTRIBUTES, 0.0)
+    counts: dict[str, int] = {}
+    overall = 0.0
+    for scene, truth in zip(predicted, truths):
+        if truth is None:
+            continue
+        accuracy = attribute_accuracy(scene, truth)
+        overall += accuracy
+        split = "one_object" if len(truth.objects) == 1 else "two_objects"
+        for key, value in [*attribute_breakdown(scene, truth).items(), (split, accuracy)]:
+            sums[key] = sums.get(key, 0.0) + value
+            counts[key] = counts.get(key, 0) + 1
+    out = {"overall": overall / len(truths), **{name: sums[name] / len(truths) for name in ATTRIBUTES}}
+    out.update({key: sums[key] / counts[key] for key in ("relation", "one_object", "two_objects") if key in counts})
+    out["count"] = float(len(truths))
+    return out
+
+
 def image_accuracy(images: torch.Tensor, truths: Sequence[Scene | None], *, max_objects: int = 2) -> float:
     """Mean :func:`attribute_accuracy` of what the checker reads off ``images`` ``[B, 3, H, W]``
     against ``truths`` (e.g. reconstructions against the originals' scenes, or generated images

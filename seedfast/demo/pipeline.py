@@ -33,9 +33,8 @@ import torch
 from seedfast.data import (
     ProceduralConfig,
     ProceduralDataset,
+    accuracy_breakdown,
     attribute_accuracy,
-    caption_accuracy,
-    image_accuracy,
     parse_caption,
     read_scenes,
 )
@@ -58,12 +57,14 @@ class DemoError(Exception):
 
 @dataclass(frozen=True)
 class DemoResult:
-    """A finished demo: its folder, metrics, report and per-stage summaries."""
+    """A finished demo: its folder, metrics, report, per-stage summaries and the metrics' breakdown
+    (per attribute, relation, object count; see :func:`evaluate`)."""
 
     out: Path
     metrics: dict[str, float]
     report: Path
     stages: list[StageSummary]
+    breakdown: dict[str, dict[str, float]]
 
 
 def _say(text: str) -> None:
@@ -126,18 +127,18 @@ def run_demo(config: DemoConfig, out: str | Path, *, seed: int = 0, progress: bo
     torch.set_num_threads(1)
     try:
         stages, models = _train_all(config, out, seed, progress)
-        metrics, examples = evaluate(models, config, seed=seed, progress=progress)
+        metrics, examples, breakdown = evaluate(models, config, seed=seed, progress=progress)
         metrics["seconds"] = round(time.perf_counter() - start, 1)
     finally:
         torch.set_num_threads(threads)
-    write_metrics(out, metrics)
-    report = write_report(out, metrics=metrics, examples=examples, stages=stages,
+    write_metrics(out, metrics, breakdown)
+    report = write_report(out, metrics=metrics, breakdown=breakdown, examples=examples, stages=stages,
                           settings={"demo": config.name, "seed": seed, "image_size": config.image_size,
                                     "max_objects": config.max_objects, "tokenizer": config.tokenizer,
                                     "llm": config.llm, "target": config.target,
                                     "detokenizer": config.detokenizer_model.to_dict(),
                                     "held-out samples": config.eval_size})
-    return DemoResult(out=out, metrics=metrics, report=report, stages=stages)
+    return DemoResult(out=out, metrics=metrics, report=report, stages=stages, breakdown=breakdown)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -169,9 +170,15 @@ def _train_stage(config: DemoConfig, stage: int, folder: Path, seed: int, progre
     end = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", *terms) if k in last)
     if stage == 2 and "codebook_used" in last:
         end += f", codebook {last['codebook_used']}/{config.tokenizer['codebook_size']} used"
-    summary = StageSummary(STAGE_NAMES[stage], settings.steps, seconds, end)
+    summary = StageSummary(STAGE_NAMES[stage], settings.steps, seconds, end, losses=_losses(folder / LOG_FILE))
     _say(f"{STAGE_NAMES[stage]}: done in {seconds:.0f} s; {end}")
     return result.final, summary
+
+
+def _losses(log: Path) -> tuple[float, ...]:
+    """The training loss of every logged step."""
+    records = (json.loads(line) for line in log.read_text(encoding="utf-8").splitlines())
+    return tuple(float(r["loss"]) for r in records if "event" not in r and "loss" in r)
 
 
 def _last_step(log: Path) -> dict[str, float]:
@@ -236,7 +243,7 @@ class _DetokenizerTraining:
         end = f"loss {sum(tail) / len(tail):.4f} (mean of the last {len(tail)} steps)"
         _say(f"de-tokenizer: done in {self.seconds:.0f} s; {end}")
         return StageSummary("de-tokenizer (pixel diffusion on target embeddings)", self.config.detokenizer.steps,
-                            self.seconds, end)
+                            self.seconds, end, losses=tuple(self.losses))
 
 
 def _train_all(config: DemoConfig, out: Path, seed: int, progress: bool) -> tuple[list[StageSummary], DemoModels]:
@@ -284,7 +291,7 @@ def _in_chunks(fn: Callable[[slice], torch.Tensor | list], n: int, chunk: int, d
 
 
 def evaluate(models: DemoModels, config: DemoConfig, *, seed: int = 0, progress: bool = True,
-             chunk: int = 64) -> tuple[dict[str, float], Examples]:
+             chunk: int = 64) -> tuple[dict[str, float], Examples, dict[str, dict[str, float]]]:
     """Score the models on the held-out split.
 
     Returns
@@ -295,6 +302,10 @@ def evaluate(models: DemoModels, config: DemoConfig, *, seed: int = 0, progress:
         (``seconds`` is added by :func:`run_demo`).
     examples : Examples
         The first ``config.show`` samples, for the report.
+    breakdown : dict
+        For ``reconstruction``, ``caption``, ``text_to_image`` and ``checker``: the
+        :func:`seedfast.data.accuracy_breakdown` of that task (overall, per attribute, the
+        relation, one- and two-object scenes apart).
     """
     n, max_objects = config.eval_size, config.max_objects
     batch = _procedural(config, seed, "heldout", n).batch(range(n))
@@ -310,12 +321,19 @@ def evaluate(models: DemoModels, config: DemoConfig, *, seed: int = 0, progress:
     drawn = _in_chunks(lambda s: models.text_to_image(captions[s], seed=seeds[s])[1], n, chunk, "draw", progress)
     generated_images = torch.cat(drawn)
     prompted = [parse_caption(c) for c in captions]
+    breakdown = {
+        "reconstruction": accuracy_breakdown(read_scenes(reconstructions, max_objects=max_objects), truths),
+        "caption": accuracy_breakdown([parse_caption(c) for c in generated_captions], truths),
+        "text_to_image": accuracy_breakdown(read_scenes(generated_images, max_objects=max_objects), prompted),
+        "checker": accuracy_breakdown(read_scenes(images, max_objects=max_objects), truths),
+    }
+    breakdown = {task: {k: round(float(v), 4) for k, v in parts.items()} for task, parts in breakdown.items()}
     metrics = {
-        "reconstruction_attribute_accuracy": image_accuracy(reconstructions, truths, max_objects=max_objects),
-        "caption_attribute_accuracy": caption_accuracy(generated_captions, truths),
-        "text_to_image_attribute_accuracy": image_accuracy(generated_images, prompted, max_objects=max_objects),
+        "reconstruction_attribute_accuracy": breakdown["reconstruction"]["overall"],
+        "caption_attribute_accuracy": breakdown["caption"]["overall"],
+        "text_to_image_attribute_accuracy": breakdown["text_to_image"]["overall"],
         "codebook_utilisation": codes.unique().numel() / models.tokenizer.config.codebook_size,
-        "checker_accuracy": image_accuracy(images, truths, max_objects=max_objects),
+        "checker_accuracy": breakdown["checker"]["overall"],
     }
     metrics = {k: round(float(v), 4) for k, v in metrics.items()}
     if not all(math.isfinite(v) for v in metrics.values()):
@@ -331,4 +349,4 @@ def evaluate(models: DemoModels, config: DemoConfig, *, seed: int = 0, progress:
         generation_scores=[attribute_accuracy(s, t) for s, t in
                            zip(read_scenes(generated_images[:k], max_objects=max_objects), shown_truths)],
     )
-    return metrics, examples
+    return metrics, examples, breakdown

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,18 +76,23 @@ class Examples:
 
 @dataclass(frozen=True)
 class StageSummary:
-    """One line of the training table: what ran, how long, where it ended."""
+    """One line of the training table: what ran, how long, where it ended, its loss per step."""
 
     name: str
     steps: int
     seconds: float
     result: str
+    losses: tuple[float, ...] = ()
 
 
-def write_metrics(out: Path, metrics: dict[str, float]) -> Path:
-    """``metrics.json``: the metrics, sorted, two-space indented."""
+def write_metrics(out: Path, metrics: dict[str, float], breakdown: dict[str, dict[str, float]] | None = None) -> Path:
+    """``metrics.json``: the metrics and, under ``"breakdown"``, each task's split (per attribute,
+    relation, object count), sorted, two-space indented."""
     path = out / METRICS_FILE
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    data: dict[str, object] = dict(metrics)
+    if breakdown is not None:
+        data["breakdown"] = breakdown
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
 
@@ -97,6 +103,7 @@ def write_report(
     examples: Examples,
     stages: Sequence[StageSummary],
     settings: dict[str, object],
+    breakdown: dict[str, dict[str, float]] | None = None,
 ) -> Path:
     """Write the PNGs and ``report.html`` into ``out``; return the report's path."""
     n = len(examples.captions)
@@ -107,7 +114,7 @@ def write_report(
         save_png(examples.generated_images[i], images_dir / f"generated_{i:03d}.png", scale=PNG_SCALE)
     _write_grids(out, examples)
     path = out / REPORT_FILE
-    path.write_text(_page(metrics, examples, stages, settings), encoding="utf-8")
+    path.write_text(_page(metrics, examples, stages, settings, breakdown or {}), encoding="utf-8")
     return path
 
 
@@ -140,7 +147,46 @@ code { font-size: 0.85em; word-break: break-all; }
 """
 
 
-def _page(metrics: dict[str, float], ex: Examples, stages: Sequence[StageSummary], settings: dict[str, object]) -> str:
+BREAKDOWN_COLUMNS = ("overall", "shape", "colour", "size", "position", "relation", "one_object", "two_objects")
+CURVE_WIDTH, CURVE_HEIGHT = 300, 110
+
+
+def _breakdown_table(breakdown: dict[str, dict[str, float]]) -> list[str]:
+    if not breakdown:
+        return []
+    head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in BREAKDOWN_COLUMNS)
+    rows = ["<h3>By attribute, relation and object count</h3><p>Per attribute: the share of true objects the "
+            "output gets right; relation: two-object scenes whose two objects stand as the caption says; one/two "
+            "objects: the attribute accuracy of those scenes alone (blank: none in the split).</p>",
+            f"<table><tr><th>task</th>{head}</tr>"]
+    for task, parts in breakdown.items():
+        cells = "".join(f"<td>{parts[c]:.3f}</td>" if c in parts else "<td></td>" for c in BREAKDOWN_COLUMNS)
+        rows.append(f"<tr><td>{html.escape(task.replace('_', ' '))}</td>{cells}</tr>")
+    rows.append("</table>")
+    return rows
+
+
+def curve_svg(losses: Sequence[float], title: str) -> str:
+    """A small inline SVG of a loss curve (log scale when every loss is positive)."""
+    values = [v for v in losses if math.isfinite(v)]
+    if len(values) < 2:
+        return ""
+    log = min(values) > 0
+    ys = [math.log10(v) for v in values] if log else values
+    lo, hi = min(ys), max(ys)
+    span = (hi - lo) or 1.0
+    pad = 6
+    points = " ".join(f"{pad + (CURVE_WIDTH - 2 * pad) * i / (len(ys) - 1):.1f},"
+                      f"{pad + (CURVE_HEIGHT - 2 * pad - 14) * (hi - y) / span:.1f}" for i, y in enumerate(ys))
+    label = f"{html.escape(title)}: {values[0]:.3g} → {values[-1]:.3g}{' (log scale)' if log else ''}"
+    return (f'<svg width="{CURVE_WIDTH}" height="{CURVE_HEIGHT}" role="img" aria-label="{label}">'
+            f'<rect width="100%" height="100%" fill="#fafafa" stroke="#ccc"/>'
+            f'<polyline points="{points}" fill="none" stroke="#1f5fbf" stroke-width="1.2"/>'
+            f'<text x="{pad}" y="{CURVE_HEIGHT - 4}" font-size="10">{label}</text></svg>')
+
+
+def _page(metrics: dict[str, float], ex: Examples, stages: Sequence[StageSummary], settings: dict[str, object],
+          breakdown: dict[str, dict[str, float]]) -> str:
     e = html.escape
     parts = [
         "<!doctype html>", "<html lang=en><head><meta charset=utf-8><title>seedfast demo</title>",
@@ -160,9 +206,13 @@ def _page(metrics: dict[str, float], ex: Examples, stages: Sequence[StageSummary
         shown = f"{value:.1f}" if key == "seconds" else f"{value:.3f}"
         parts.append(f"<tr><td>{e(key)}</td><td>{shown}{mark}</td><td>{'' if goal is None else f'≥ {goal}'}</td>"
                      f"<td>{e(METRIC_NOTES.get(key, ''))}</td></tr>")
-    parts.append("</table><h2>Training</h2><table><tr><th>stage</th><th>steps</th><th>seconds</th><th>end</th></tr>")
+    parts.append("</table>")
+    parts += _breakdown_table(breakdown)
+    parts.append("<h2>Training</h2><table><tr><th>stage</th><th>steps</th><th>seconds</th><th>end</th>"
+                 "<th>loss per step</th></tr>")
     for s in stages:
-        parts.append(f"<tr><td>{e(s.name)}</td><td>{s.steps}</td><td>{s.seconds:.0f}</td><td>{e(s.result)}</td></tr>")
+        parts.append(f"<tr><td>{e(s.name)}</td><td>{s.steps}</td><td>{s.seconds:.0f}</td><td>{e(s.result)}</td>"
+                     f"<td>{curve_svg(s.losses, 'loss')}</td></tr>")
     parts.append("</table>")
     parts.append("<h2>Images → 32 codes → images</h2><p>Each held-out input, its 32 codes, and the de-tokenizer's "
                  "image from those codes alone.</p><table><tr><th>input</th><th>codes</th><th>from codes</th>"

@@ -10,7 +10,9 @@ from seedfast.data import (
     ProceduralConfig,
     ProceduralDataset,
     Scene,
+    accuracy_breakdown,
     attribute_accuracy,
+    attribute_breakdown,
     caption_accuracy,
     checker_accuracy,
     degrade_images,
@@ -130,3 +132,40 @@ def test_image_and_caption_accuracy():
         image_accuracy(batch.images, batch.truths[:3])
     with pytest.raises(ValueError, match="one truth per caption"):
         caption_accuracy([], [])
+
+
+def test_attribute_breakdown_per_attribute_and_relation():
+    red = ObjectAttributes("circle", "red", "small", "left")
+    blue = ObjectAttributes("square", "blue", "large", "right")
+    truth = Scene((red, blue))
+    assert attribute_breakdown(truth, truth) == {"shape": 1.0, "colour": 1.0, "size": 1.0, "position": 1.0,
+                                                 "relation": 1.0}
+    # Listed the other way round: same objects, same relation.
+    assert attribute_breakdown(Scene((blue, red)), truth)["relation"] == 1.0
+    # Positions swapped: the relation flips, each object keeps shape, colour and size.
+    swapped = Scene((ObjectAttributes("circle", "red", "small", "right"), ObjectAttributes("square", "blue", "large",
+                                                                                          "left")))
+    got = attribute_breakdown(swapped, truth)
+    assert got == {"shape": 1.0, "colour": 1.0, "size": 1.0, "position": 0.0, "relation": 0.0}
+    # One object found: half of every attribute, no relation.
+    assert attribute_breakdown(Scene((red,)), truth) == {"shape": 0.5, "colour": 0.5, "size": 0.5,
+                                                         "position": 0.5, "relation": 0.0}
+    assert attribute_breakdown(None, truth)["shape"] == 0.0
+    one = attribute_breakdown(Scene((ObjectAttributes("square", "red", "small", "left"), blue)), Scene((red,)))
+    assert one == {"shape": 0.0, "colour": 1.0, "size": 1.0, "position": 1.0}  # extra objects are not counted here
+
+
+def test_accuracy_breakdown_splits_by_object_count():
+    red = ObjectAttributes("circle", "red", "small", "middle")
+    pair = Scene((ObjectAttributes("circle", "red", "small", "top"), ObjectAttributes("square", "blue", "large",
+                                                                                      "bottom")))
+    truths = [Scene((red,)), pair, pair, None]
+    predicted = [Scene((red,)), pair, Scene(pair.objects[:1]), Scene((red,))]
+    got = accuracy_breakdown(predicted, truths)
+    assert got["one_object"] == 1.0 and got["two_objects"] == pytest.approx((1.0 + 0.5) / 2)
+    assert got["overall"] == pytest.approx((1.0 + 1.0 + 0.5 + 0.0) / 4)
+    assert got["relation"] == 0.5 and got["count"] == 4.0
+    assert got["shape"] == pytest.approx((1 + 1 + 0.5 + 0) / 4)  # the unparsed prompt counts as 0
+    assert "relation" not in accuracy_breakdown([Scene((red,))], [Scene((red,))])
+    with pytest.raises(ValueError, match="one truth per prediction"):
+        accuracy_breakdown([], [])

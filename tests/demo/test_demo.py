@@ -70,7 +70,14 @@ def test_quick_demo_writes_every_file_with_metrics_in_range(demo):
                  "detokenizer/normaliser.safetensors", "llm/model.safetensors"):
         assert (out / "models" / part).is_file(), part
     metrics = json.loads((out / "metrics.json").read_text())
+    breakdown = metrics.pop("breakdown")
     assert sorted(metrics) == sorted(METRICS)
+    assert sorted(breakdown) == ["caption", "checker", "reconstruction", "text_to_image"]
+    for task, parts in breakdown.items():
+        assert {"overall", "shape", "colour", "size", "position", "count"} <= set(parts), task
+        assert all(0.0 <= v <= 1.0 for k, v in parts.items() if k != "count"), (task, parts)
+    assert breakdown["checker"]["overall"] == metrics["checker_accuracy"]
+    assert breakdown["reconstruction"]["overall"] == metrics["reconstruction_attribute_accuracy"]
     for key in METRICS:
         value = metrics[key]
         assert isinstance(value, float) and math.isfinite(value), key
@@ -81,6 +88,7 @@ def test_quick_demo_writes_every_file_with_metrics_in_range(demo):
     assert metrics["checker_accuracy"] == 1.0
     assert all(key in stdout for key in METRICS)
     page = (out / "report.html").read_text()
+    assert "By attribute, relation and object count" in page and page.count("<svg") == 4  # a curve per stage
     for name in ("demo_grid.png", f"{IMAGES_DIR}/input_000.png", f"{IMAGES_DIR}/reconstruction_000.png",
                  f"{IMAGES_DIR}/generated_000.png"):
         assert name in page and (out / name).is_file(), name

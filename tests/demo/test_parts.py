@@ -157,3 +157,15 @@ def test_demo_models_are_a_seed_pipeline():
         DemoModels(tokenizer, NormalisedDetokenizer(SeedDetokenizer.tiny(embed + 1, seed=0),
                                                     EmbeddingNormaliser.identity(embed + 1)),
                    Llama(LlamaConfig.tiny()), manifest)
+
+
+def test_metrics_file_and_curves(tmp_path):
+    from seedfast.demo.report import curve_svg, write_metrics
+
+    path = write_metrics(tmp_path, {"b": 0.5, "a": 1.0}, {"caption": {"overall": 0.5, "relation": 0.25}})
+    assert json.loads(path.read_text()) == {"a": 1.0, "b": 0.5, "breakdown": {"caption": {"overall": 0.5,
+                                                                                       "relation": 0.25}}}
+    svg = curve_svg([4.0, 2.0, 1.0, 0.5], "loss")
+    assert svg.startswith("<svg") and "4 → 0.5 (log scale)" in svg and svg.count(",") == 4
+    assert "log scale" not in curve_svg([1.0, -1.0, float("nan"), 0.0], "loss")
+    assert curve_svg([1.0], "loss") == "" and curve_svg([], "loss") == ""
