@@ -201,6 +201,26 @@ def test_generate_and_caption(demo, image_file, tmp_path):
     assert code == 0 and stdout.count(f"{image_file}: ") == 2
 
 
+def test_a_jsonl_batch_on_the_demo_models(demo, image_file, tmp_path):
+    """The demo's models are a SeedPipeline too: batch mode runs them like the released ones."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "a large red circle on the left", "seed": 3},
+        {"prompt": "", "image": str(image_file)},
+        {"prompt": "a small blue square at the top", "seed": 3, "temperature": 0},
+    ]) + "\n")
+    out = tmp_path / "batch"
+    code, _, stderr = run_cli(["generate", "--prompts", str(prompts), "--out", str(out), "--batch-size", "2",
+                               "--no-progress", *_demo_flag(demo)])
+    assert code == 0, stderr
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["output"] for r in results] == ["00000.png", "00001.txt", "00002.png"]
+    assert len(results[0]["codes"]) == 32 and results[1]["seed"] == 1 and "text" in results[1]
+    code, _, stderr = run_cli(["generate", "a large red circle on the left", "-o", str(tmp_path / "one.png"),
+                               "--seed", "3", *_demo_flag(demo)])
+    assert stderr.split("codes: ")[1].split("\n")[0].split() == [str(c) for c in results[0]["codes"]]
+
+
 def _one_line_error(result: tuple[int, str, str], command: str, *needles: str) -> None:
     code, _, stderr = result
     assert code == 2
