@@ -218,8 +218,12 @@ def _configs(tuner, args, kwargs) -> list:
     if tuner is None:
         return [triton.Config({}, num_warps=kwargs.get("num_warps", 4), num_stages=kwargs.get("num_stages", 3))]
     named = dict(zip(tuner.arg_names, args), **kwargs)
+    prune = getattr(tuner, "early_config_prune", None)
+    if prune is None:
+        return list(tuner.configs)
     try:
-        return list(tuner.prune_configs(named))
+        # The pruner itself: Autotuner.prune_configs reads arguments a real launch sets first.
+        return list(prune(tuner.configs, named))
     except Exception:  # noqa: BLE001 - a pruner that needs a GPU: every config is a candidate
         return list(tuner.configs)
 
@@ -230,7 +234,7 @@ def _config_label(cfg) -> str:
 
 
 # Tile sizes show in the config column; the interpreter switch is always off for a GPU target.
-_VARIANT_SKIP = {"INTERPRET_BF16", "ROWS", "CAP", "CHUNK", "NP"}
+_VARIANT_SKIP = {"INTERPRET_BF16", "ROWS", "CAP", "CHUNK", "NP", "WRITE_D", "DOT_D"}
 
 
 def _variant(constexprs: dict, names: list[str], dtype: str) -> str:

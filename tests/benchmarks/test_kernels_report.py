@@ -119,10 +119,7 @@ def test_report_covers_every_hot_path_and_config(report, monkeypatch, capsys):
 
 # Gates the kernels in the tree cannot hold yet (strict: an unexpected pass fails, so the mark
 # comes off when the kernel is fixed).
-XFAIL = {
-    ("vq forward", "vector loads"): "the codebook-norm pre-pass (_vq_code_norms_kernel) reads D=8 bf16 rows "
-                                    "(16 bytes) one element at a time: scalar-only loads in its loop",
-}
+XFAIL: dict[tuple[str, str], str] = {}
 CHECKS = {
     "spills": lambda k: [f for f in kr.gate_failures(k) if f.startswith(("spills", "did not compile"))],
     "tensor cores": lambda k: [f for f in kr.gate_failures(k) if "tensor-core" in f],

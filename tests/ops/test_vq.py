@@ -14,7 +14,7 @@ import torch
 
 from seedfast.kernels import vq as kvq
 from seedfast.ops import nearest_code, nearest_code_reference, vq_loss_reference, vq_quantize, vq_quantize_reference
-from tests.accuracy import assert_within_baseline, rel_err
+from tests.accuracy import assert_within_baseline
 from tests.aot import aot_compile
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -80,6 +80,13 @@ def _baseline_grads(z, codebook, codes, beta, g_zq, w_loss):
 @pytest.mark.parametrize("n", [1, 7, 32, 1000, 4097])
 def test_forward_backward_matches_oracle(n, k, d, dtype, device):
     z, codebook = _inputs(n, k, d, dtype, device, seed=n * 7 + k + d)
+    _assert_forward_backward_match_oracle(z, codebook)
+
+
+def _assert_forward_backward_match_oracle(z, codebook):
+    """vq_quantize's codes, z_q, counts, loss and both gradients against the float64 oracle,
+    each within the error of plain torch in the inputs' precision."""
+    n, k, dtype, device = z.shape[0], codebook.shape[0], z.dtype, z.device
     z.requires_grad_()
     codebook.requires_grad_()
     beta = 0.25
@@ -333,6 +340,64 @@ def test_torch_compile_fullgraph_matches_eager(device):
         assert torch.allclose(a, b)
 
 
+def _strided(x, pad, seed):
+    """``x`` copied into a view with row stride ``D + pad`` that starts ``pad // 2`` elements in:
+    rows start unaligned whenever ``D + pad`` is odd."""
+    g = torch.Generator().manual_seed(seed)
+    wide = torch.randn(x.shape[0], x.shape[1] + pad, generator=g).to(device=x.device, dtype=x.dtype)
+    view = wide[:, pad // 2:pad // 2 + x.shape[1]]
+    view.copy_(x)
+    return view
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("n, k, d, pad", [
+    (129, 300, 8, 0),    # D = 8: rows 16-byte aligned in bf16, backward rows of 128
+    (37, 70, 24, 0),     # a dim mask inside the tile, rows 8 elements aligned
+    (33, 65, 100, 0),    # the backward's second D chunk ends inside it; fp32 walks its dot in 7 chunks
+    (40, 257, 256, 0),   # four backward chunks, 16 dot chunks in fp32, eight write chunks
+    (31, 50, 8, 3),      # row stride 11: nothing aligned
+    (19, 40, 256, 1),    # row stride 257
+])
+def test_forward_backward_walk_features_in_chunks(n, k, d, pad, dtype, device):
+    """The kernels that walk D in chunks (backward, the forward's z_q/loss writes, fp32's dot
+    past 32 features) and the row alignment they are told, against the oracle."""
+    z, codebook = _inputs(n, k, d, dtype, device, seed=n + k + d + pad)
+    if pad:
+        z, codebook = _strided(z, pad, 1), _strided(codebook, pad + 2, 2)
+        assert kvq.row_align(d, z.stride(0), codebook.stride(0)) == 1
+    _assert_forward_backward_match_oracle(z.detach(), codebook.detach())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("k, d, pad", [(1, 8, 0), (1000, 8, 0), (513, 24, 0), (77, 256, 0), (300, 13, 0),
+                                       (70, 8, 3), (65, 32, 8)])
+def test_code_norms_match_torch(k, d, pad, dtype, device):
+    """‖e‖² of every code, fp32, for K not a multiple of the tile, D = 8 (vector rows), D not a
+    power of two, and row strides that align rows to 16, 8 or 1 elements."""
+    _, codebook = _inputs(1, k, d, dtype, device, seed=k + d)
+    if pad:
+        codebook = _strided(codebook, pad, 3)
+    norms = kvq.code_norms(codebook)
+    assert norms.shape == (k,) and norms.dtype == torch.float32
+    expected = codebook.double().pow(2).sum(1)
+    assert torch.allclose(norms.double(), expected, rtol=2e-6, atol=0), (norms - expected).abs().max()
+
+
+def test_row_align():
+    assert kvq.row_align(8) == 8 and kvq.row_align(32, 32) == 16 and kvq.row_align(256, 512, 48) == 16
+    assert kvq.row_align(24, 32) == 8 and kvq.row_align(8, 11) == 1 and kvq.row_align(100, 100) == 4
+    assert kvq.row_align(8, 0) == 8  # a stride of 0 (an unused tensor) constrains nothing
+
+
+def test_dot_features():
+    """fp32 keeps whole feature tiles up to 32 and walks larger ones in 16-feature chunks;
+    bf16/fp16 always dot the whole tile."""
+    assert kvq.dot_features(torch.float32, 16) == 16 and kvq.dot_features(torch.float32, 32) == 32
+    assert kvq.dot_features(torch.float32, 64) == 16 and kvq.dot_features(torch.float32, 256) == 16
+    assert kvq.dot_features(torch.bfloat16, 256) == 256 and kvq.dot_features(torch.float16, 128) == 128
+
+
 # ---------------------------------------------------------------------------------------------
 # The forward kernel's internals: codebook splits, large codebooks, ties, compiled code.
 
@@ -342,7 +407,7 @@ def _forward_signature(dt):
         "z_ptr": f"*{dt}", "e_ptr": f"*{dt}", "norms_ptr": "*fp32", "codes_ptr": "*i64", "zq_ptr": f"*{dt}",
         "loss_part_ptr": "*fp32", "counts_ptr": "*i32", "part_min_ptr": "*fp32", "part_idx_ptr": "*i32",
         "N": "i32", "K": "i32", "D": "i32", "K_SPLIT": "i32", "stride_zn": "i32", "stride_ek": "i32",
-        "stride_qn": "i32", "N_BUCKET": "i32",
+        "stride_qn": "i32", "stride_part": "i32", "N_BUCKET": "i32",
     }
 
 
@@ -367,6 +432,7 @@ def _assert_same_forward(split, whole):
     (5, 4097, 32, 256),   # one code in the last range
     (70, 777, 256, 100),  # the largest D
     (129, 2048, 32, 1024),
+    (300, 700, 24, 256),  # two merge blocks, the second partial; D not a power of two
 ])
 def test_codebook_split_gives_the_same_result(n, k, d, per_split, dtype, device):
     z, codebook = _inputs(n, k, d, dtype, device, seed=n + k + d)
@@ -552,15 +618,15 @@ def test_atomics_are_relaxed_without_fences():
                 "gz_ptr": "*bf16", "ge_acc_ptr": "*fp32", "N": "i32", "D": "i32", "stride_zn": "i32",
                 "stride_ek": "i32", "stride_gqn": "i32", "coeff_z": "fp32", "coeff_e": "fp32",
             },
-            "constexprs": {"BLOCK_D": 32, "BLOCK_N": 64, "HAS_GZQ": True, "HAS_GLOSS": True, "WRITE_GZ": True,
-                           "SCATTER": True, "INTERPRET_BF16": False},
+            "constexprs": {"BLOCK_D": 32, "BLOCK_N": 32, "ROW_ALIGN": 16, "HAS_GZQ": True, "HAS_GLOSS": True,
+                           "WRITE_GZ": True, "SCATTER": True, "INTERPRET_BF16": False},
         })
         specs.append({
             "kernel": "_vq_forward_kernel", "cc": cc, "options": {"num_warps": 4, "num_stages": 3},
             "signature": _forward_signature("bf16"),
             "constexprs": {"BLOCK_D": 32, "WRITE_ZQ": True, "WRITE_LOSS": True, "WRITE_COUNTS": True,
                            "PARTIAL": False, "INTERPRET_BF16": False, "PRECISION": "ieee",
-                           "BLOCK_N": 64, "BLOCK_K": 64},
+                           "ROW_ALIGN": 16, "WRITE_D": 32, "DOT_D": 32, "BLOCK_N": 64, "BLOCK_K": 64},
         })
         specs.append({
             "kernel": "_vq_merge_kernel", "cc": cc, "options": {"num_warps": 4},
@@ -568,9 +634,10 @@ def test_atomics_are_relaxed_without_fences():
                 "z_ptr": "*bf16", "e_ptr": "*bf16", "part_min_ptr": "*fp32", "part_idx_ptr": "*i32",
                 "codes_ptr": "*i64", "zq_ptr": "*bf16", "loss_part_ptr": "*fp32", "counts_ptr": "*i32",
                 "N": "i32", "D": "i32", "N_SPLIT": "i32", "stride_zn": "i32", "stride_ek": "i32", "stride_qn": "i32",
+                "stride_part": "i32",
             },
-            "constexprs": {"BLOCK_D": 32, "BLOCK_N": 64, "WRITE_ZQ": True, "WRITE_LOSS": True, "WRITE_COUNTS": True,
-                           "INTERPRET_BF16": False},
+            "constexprs": {"BLOCK_N": 256, "ROW_ALIGN": 16, "WRITE_D": 16, "WRITE_ZQ": True, "WRITE_LOSS": True,
+                           "WRITE_COUNTS": True},
         })
     for code in _compiled_code(specs):
         spec = code["spec"]
@@ -600,7 +667,8 @@ def test_forward_hot_loop_uses_tensor_cores_without_spills(cc):
             "signature": _forward_signature(names[dt]),
             "constexprs": {"BLOCK_D": bd, "WRITE_ZQ": write, "WRITE_LOSS": write, "WRITE_COUNTS": write,
                            "PARTIAL": not write, "INTERPRET_BF16": False,
-                           "PRECISION": "tf32x3" if dt == "float32" else "ieee"},
+                           "PRECISION": "tf32x3" if dt == "float32" else "ieee", "ROW_ALIGN": 16,
+                           "WRITE_D": min(bd, kvq.FWD_WRITE_D), "DOT_D": kvq.dot_features(getattr(torch, dt), bd)},
         }
         for dt, bd in cases
         for write in (True, False)
@@ -621,6 +689,105 @@ def test_forward_hot_loop_uses_tensor_cores_without_spills(cc):
         assert any(lo <= a <= hi for a in mma for lo, hi in loops), f"{what}: no {tensor_core} in a loop"
 
 
+_LAUNCHED = textwrap.dedent(
+    """
+    import json, re, sys
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+    from seedfast.benchmarks.compiled_code import read_cubin
+    from seedfast.kernels import vq
+
+    launches = []
+    JITFunction.run = lambda self, *args, grid, warmup, **kw: launches.append((self, None, args, kw))
+    Autotuner.run = lambda self, *args, grid=None, warmup=False, **kw: launches.append((self.fn, self, args, kw))
+    target = GPUTarget("cuda", int(sys.argv[2]), 32)
+    backend = make_backend(target)
+    kernel_of = {"norms": "_vq_code_norms_kernel", "codes": "_vq_forward_kernel", "fwd": "_vq_forward_kernel",
+                 "merge": "_vq_merge_kernel", "bwd": "_vq_backward_kernel"}
+    out = []
+    for what, dt, d, n, k in json.loads(sys.argv[1]):
+        dtype = getattr(torch, dt)
+        z, e = torch.randn(n, d).to(dtype), torch.randn(k, d).to(dtype)
+        launches.clear()
+        # Launches are recorded, not run: the launchers pick their real arguments and constexprs.
+        if what == "norms":
+            vq.code_norms(e)
+        elif what == "bwd":
+            vq.vq_backward(z, e, torch.randint(0, k, (n,)), torch.randn(n, d).to(dtype), torch.ones(()), 1.0, 0.25,
+                           need_grad_z=True, need_grad_codebook=True, deterministic=False)
+        else:
+            write = what != "codes"
+            vq.vq_forward(z, e, write_zq=write, write_loss=write, write_counts=write,
+                          codes_per_split=256 if what == "merge" else k)
+        for jit, tuner, args, kw in launches:
+            if jit.fn.__name__ != kernel_of[what]:
+                continue
+            if tuner is None:
+                configs = [triton.Config({}, num_warps=kw.get("num_warps", 4), num_stages=kw.get("num_stages", 3))]
+            else:
+                configs = [c for c in tuner.configs if vq.fwd_config_fits(c, dtype, kw["BLOCK_D"])]
+            for config in configs:
+                kwargs = dict(kw, **config.all_kwargs())
+                binder = create_function_from_signature(jit.signature, jit.params, backend)
+                bound, spec, opts = binder(*args, **kwargs)
+                options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound, spec, opts)
+                compiled = triton.compile(ASTSource(jit, signature, constexprs, attrs), target=target,
+                                          options=options.__dict__)
+                atomics = [l for l in compiled.asm["ptx"].splitlines() if re.search(r"\\b(atom|red)\\.", l)]
+                out.append(dict(read_cubin(compiled.asm["cubin"]), what=what, dtype=dt, d=d, n=n, config=str(config),
+                                atomics=len(atomics), relaxed=sum(".relaxed" in l for l in atomics)))
+    print(json.dumps(out))
+    """
+)
+
+
+def _launched_code(cases, cc):
+    """Compiled-code statistics (:func:`seedfast.benchmarks.compiled_code.read_cubin`) of the
+    kernels the launchers start for each ``(what, dtype, D, N, K)``, bound through Triton's own binder
+    from real arguments (so pointer alignment and integer divisibility are specialised as on a
+    GPU) and compiled for ``sm_{cc}`` at every config the autotuner may try."""
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    proc = subprocess.run([sys.executable, "-c", _LAUNCHED, json.dumps(cases), str(cc)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest_aot
+@pytest.mark.parametrize("cc", [80, 90])
+def test_launched_kernels_have_no_spills_and_vector_loads(cc):
+    """What the launchers start at D = 8, 32 and 256 compiles without spills in every dtype:
+    the ‖e‖² pre-pass and the backward load whole vectors even for D = 8 rows (8 scalar loads
+    per thread before), the backward walks D in chunks (100 spill stores at D = 256 before) with
+    relaxed atomics, the forward's z_q/loss writes walk D in chunks (27 spill stores on sm_80 at
+    D = 256 before) and fp32's dot past 32 features too (hundreds before)."""
+    # SEED's N = K = 8192 (divisible by 16, as the benchmarks' sizes: Triton specialises on it),
+    # and odd N and K for the merge, whose partials are padded to keep vector loads.
+    seed = (8192, 8192)
+    cases = ([("norms", dt, d, *seed) for dt in ("bfloat16", "float32") for d in (8, 256)]
+             + [("bwd", dt, d, *seed) for dt in ("bfloat16", "float16", "float32") for d in (8, 32, 256)]
+             + [(what, dt, d, *seed) for what in ("codes", "fwd") for dt in ("bfloat16", "float16", "float32")
+                for d in (8, 256)]
+             + [("merge", "bfloat16", d, 200, 1000) for d in (8, 256)])
+    results = _launched_code(cases, cc)
+    assert {(r["what"], r["dtype"], r["d"]) for r in results} == {c[:3] for c in cases}
+    for r in results:
+        what = f"sm_{cc} {r['what']} {r['dtype']} D={r['d']} N={r['n']} {r['config']}"
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{what}: spills {r}"
+        loads = (r["hot_vector_loads"], r["hot_wide2_loads"], r["hot_scalar_loads"])
+        assert loads[0] + loads[1] > 0, f"{what}: scalar-only loads in the hot loop {loads}"
+        if r["what"] in ("norms", "bwd"):
+            assert loads[0] > 0 and loads[2] == 0, f"{what}: hot-loop loads not all vectors {loads}"
+        if r["what"] == "bwd":
+            assert r["atomics"] > 0 and r["relaxed"] == r["atomics"], f"{what}: atomics not all relaxed {r}"
+        if r["what"] in ("codes", "fwd"):
+            assert r["tensor_core_insns"] > 0, f"{what}: no tensor-core instructions"
+
+
 @pytest.mark.skipif(os.environ.get("SEEDFAST_SKIP_AOT") == "1", reason="AOT compile disabled")
 def test_kernels_compile_for_sm80_and_sm90():
     specs = []
@@ -631,7 +798,8 @@ def test_kernels_compile_for_sm80_and_sm90():
                 "signature": _forward_signature(dt),
                 "constexprs": {"BLOCK_D": 32, "WRITE_ZQ": write, "WRITE_LOSS": write, "WRITE_COUNTS": write,
                                "PARTIAL": not write, "INTERPRET_BF16": False,
-                               "PRECISION": "tf32x3" if dt == "fp32" else "ieee"},
+                               "PRECISION": "tf32x3" if dt == "fp32" else "ieee",
+                               "ROW_ALIGN": 16, "WRITE_D": 32, "DOT_D": 32},
             })
         specs.append({
             "module": "seedfast.kernels.vq", "kernel": "_vq_merge_kernel",
@@ -639,14 +807,15 @@ def test_kernels_compile_for_sm80_and_sm90():
                 "z_ptr": f"*{dt}", "e_ptr": f"*{dt}", "part_min_ptr": "*fp32", "part_idx_ptr": "*i32",
                 "codes_ptr": "*i64", "zq_ptr": f"*{dt}", "loss_part_ptr": "*fp32", "counts_ptr": "*i32",
                 "N": "i32", "D": "i32", "N_SPLIT": "i32", "stride_zn": "i32", "stride_ek": "i32", "stride_qn": "i32",
+                "stride_part": "i32",
             },
-            "constexprs": {"BLOCK_D": 32, "BLOCK_N": 64, "WRITE_ZQ": True, "WRITE_LOSS": True, "WRITE_COUNTS": True,
-                           "INTERPRET_BF16": False},
+            "constexprs": {"BLOCK_N": 256, "ROW_ALIGN": 16, "WRITE_D": 16, "WRITE_ZQ": True, "WRITE_LOSS": True,
+                           "WRITE_COUNTS": True},
         })
         specs.append({
             "module": "seedfast.kernels.vq", "kernel": "_vq_code_norms_kernel",
             "signature": {"e_ptr": f"*{dt}", "norms_ptr": "*fp32", "K": "i32", "D": "i32", "stride_ek": "i32"},
-            "constexprs": {"BLOCK_D": 32, "BLOCK_K": 64},
+            "constexprs": {"BLOCK_D": 32, "BLOCK_K": 128, "ROW_ALIGN": 16},
         })
         specs.append({
             "module": "seedfast.kernels.vq", "kernel": "_vq_backward_kernel",
@@ -655,8 +824,8 @@ def test_kernels_compile_for_sm80_and_sm90():
                 "gz_ptr": f"*{dt}", "ge_acc_ptr": "*fp32", "N": "i32", "D": "i32", "stride_zn": "i32",
                 "stride_ek": "i32", "stride_gqn": "i32", "coeff_z": "fp32", "coeff_e": "fp32",
             },
-            "constexprs": {"BLOCK_D": 32, "BLOCK_N": 64, "HAS_GZQ": True, "HAS_GLOSS": True, "WRITE_GZ": True,
-                           "SCATTER": True, "INTERPRET_BF16": False},
+            "constexprs": {"BLOCK_D": 32, "BLOCK_N": 32, "ROW_ALIGN": 16, "HAS_GZQ": True, "HAS_GLOSS": True,
+                           "WRITE_GZ": True, "SCATTER": True, "INTERPRET_BF16": False},
         })
         specs.append({
             "module": "seedfast.kernels.vq", "kernel": "_vq_codebook_grad_segments_kernel",
