@@ -415,7 +415,8 @@ def test_refinement_and_fallback_paths_keep_the_same_tokens(cap, pivots, refine,
     ref = run(case, MID, "torch")
     out = kcs.constrained_sample_forward(
         case["logits"], case["image_pos"], case["temperature"], case["top_k"], case["top_p"], case["seed"],
-        case["offset"], torch.arange(len(case["seed"]), device=device), tuple(_layout(MID)), cap=cap, num_pivots=pivots, max_refine=refine)
+        case["offset"], torch.arange(len(case["seed"]), device=device), tuple(_layout(MID)), method="rows", cap=cap,
+        num_pivots=pivots, max_refine=refine)
     same = out[0] == ref[0]
     assert same.float().mean() >= 0.998
     assert same[~(case["temperature"] > 0)].all()
@@ -432,7 +433,8 @@ def test_gpu_tiling_one_row_per_program(device):
     for cap, refine in ((8, 1), (2, 0)):
         out = kcs.constrained_sample_forward(
             case["logits"], case["image_pos"], case["temperature"], case["top_k"], case["top_p"], case["seed"],
-            case["offset"], torch.arange(len(case["seed"]), device=device), tuple(_layout(vocab)), cap=cap, max_refine=refine, rows=1, block_v=16)
+            case["offset"], torch.arange(len(case["seed"]), device=device), tuple(_layout(vocab)), method="rows",
+            cap=cap, max_refine=refine, rows=1, block_v=16)
         assert_grammar(*out, case["logits"], case["image_pos"], vocab)
         assert torch.equal(out[0], ref[0])
 
@@ -737,7 +739,8 @@ def test_kernels_compile_for_sm80_and_sm90():
     signature = {
         "logits_ptr": "*fp32", "pos_ptr": "*i32", "temp_ptr": "*fp32", "topk_ptr": "*i64", "topp_ptr": "*fp32",
         "seed_ptr": "*i64", "offset_ptr": "*i64", "stream_ptr": "*i64", "tokens_ptr": "*i64", "next_pos_ptr": "*i32",
-        "flags_ptr": "*i32", "cand_x_ptr": "*fp32", "cand_id_ptr": "*i32", "B": "i32", "stride_row": "i32",
+        "flags_ptr": "*i32", "cand_x_ptr": "*fp32", "cand_id_ptr": "*i32", "mode_ptr": "*i32", "B": "i32",
+        "stride_row": "i32",
         "s_temp": "i32", "s_topk": "i32", "s_topp": "i32", "s_seed": "i32", "s_off": "i32", "s_stream": "i32",
         "text_vocab": "i32",
         "first_code": "i32", "num_codes": "i32", "boi_id": "i32", "eoi_id": "i32", "eos_id": "i32",
@@ -745,14 +748,14 @@ def test_kernels_compile_for_sm80_and_sm90():
     }
     specs = []
     # Each dtype once, across both GPU tile configurations (large and small vocabularies).
-    for dt, v in (("fp32", 40194), ("fp16", 152064), ("bf16", 1000)):
+    for dt, v, only_fallback in (("fp32", 40194, False), ("fp16", 152064, True), ("bf16", 1000, True)):
         cfg = kcs.launch_config(256, v, None, interpret=False)  # what a GPU launch uses
         specs.append({
             "module": "seedfast.kernels.constrained_sample", "kernel": "_constrained_sample_kernel",
             "signature": dict(signature, logits_ptr=f"*{dt}"),
             "constexprs": {"ROWS": cfg["ROWS"], "BLOCK_V": cfg["BLOCK_V"], "NP": kcs.DEFAULT_NUM_PIVOTS,
                            "MAX_REFINE": kcs.DEFAULT_MAX_REFINE, "CAP": cfg["CAP"], "CHUNK": cfg["CHUNK"],
-                           "VEC": 4 if dt == "fp32" else 8},
+                           "VEC": 4 if dt == "fp32" else 8, "ONLY_FALLBACK": only_fallback},
             "num_warps": cfg["num_warps"],
         })
     specs.append({
@@ -828,8 +831,8 @@ def test_rows_at_any_alignment_read_the_same_tokens(start, dtype, device):
     widths = {1, kcs.vector_width(case["logits"])}
     assert max(widths) == (16 // case["logits"].element_size() if start == 0 else 1)
     for vec in sorted(widths):
-        for rows, block_v in ((None, None), (1, 16)):
-            out = kcs.constrained_sample_forward(*args, vec=vec, rows=rows, block_v=block_v)
+        for method, rows, block_v in (("split", None, None), ("split", 1, 16), ("rows", None, None), ("rows", 1, 16)):
+            out = kcs.constrained_sample_forward(*args, vec=vec, rows=rows, block_v=block_v, method=method)
             assert_grammar(*out, case["logits"], case["image_pos"], vocab)
             same = out[0].cpu() == ref[0]
             assert same.float().mean() >= 0.98, (vec, rows)
@@ -867,7 +870,8 @@ def test_flat_image_rows_with_top_p_half_keep_more_than_any_capacity(dtype, devi
     xs = x.float().cpu()[:, AT_END.first_code_id:]
     w = torch.softmax(xs.double(), 1)
     order = w.sort(1, descending=True).values.cumsum(1)
-    assert ((order < 0.5).sum(1) > 4 * kcs.launch_config(1, v, None, interpret=False)["CAP"]).all()
+    caps = (kcs.launch_config(1, v, None, interpret=False)["CAP"], kcs.split_config(1, v, interpret=False)["CAP"])
+    assert ((order < 0.5).sum(1) > 2 * max(caps)).all()
 
 
 def test_batch_of_one_at_152064_and_batch_of_1000_agree_with_the_reference(device):
@@ -903,10 +907,10 @@ _EVIDENCE = textwrap.dedent(
                     eoi_id=v - 8193, eos_id=2, codes_per_image=32)
         sig = {n: ("i32" if n in ints else "*i64") for n in names if n not in kcs._KERNEL_CONSTEXPRS}
         sig.update(logits_ptr="*" + dt, pos_ptr="*i32", temp_ptr="*fp32", topp_ptr="*fp32", next_pos_ptr="*i32",
-                   flags_ptr="*i32", cand_x_ptr="*fp32", cand_id_ptr="*i32")
+                   flags_ptr="*i32", cand_x_ptr="*fp32", cand_id_ptr="*i32", mode_ptr="*i32")
         const = {"ROWS": cfg["ROWS"], "BLOCK_V": cfg["BLOCK_V"], "NP": kcs.DEFAULT_NUM_PIVOTS,
                  "MAX_REFINE": kcs.DEFAULT_MAX_REFINE, "CAP": cfg["CAP"], "CHUNK": cfg["CHUNK"],
-                 "VEC": kcs.vector_width(torch.empty(1, dtype=dtypes[dt]))}
+                 "VEC": kcs.vector_width(torch.empty(1, dtype=dtypes[dt])), "ONLY_FALLBACK": True}
         sig.update({k: "constexpr" for k in const})
         hinted = [n for n in names if n.endswith("_ptr") or (n in ints and ints[n] % 16 == 0)]
         attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in hinted}
@@ -983,3 +987,228 @@ def test_cuda_twin_has_no_local_memory_and_16_byte_loads(arch, tmp_path):
     if tool.is_file():
         sass = subprocess.run([str(tool), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
         assert "LDG.E.128" in sass
+
+
+# ---------------------------------------------------------------------------------------------
+# The split sampler: many programs per row, two passes over the logits
+
+
+def _forward(case, vocab, **kw):
+    b = case["logits"].shape[0]
+    return kcs.constrained_sample_forward(
+        case["logits"], case["image_pos"], case["temperature"], case["top_k"], case["top_p"], case["seed"],
+        case["offset"], torch.arange(b, device=case["logits"].device), tuple(_layout(vocab)), **kw)
+
+
+def _filter_case(vocab, v, b, device, dtype, *, scale=2.5, seed=0):
+    """``b`` rows alternating text and image states, every filter combination (top-k alone, top-p
+    alone, both, neither, greedy) at temperatures 0.3 to 1.5."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, v, generator=g) * scale
+    rows = torch.arange(b)
+    pos = torch.where(rows % 2 == 0, -1, rows % vocab.codes_per_image).int()
+    temperature = torch.tensor([1.0, 0.7, 1.5, 0.3, 0.0, 1.0])[rows % 6]
+    top_k = torch.tensor([50, 0, 7, 0, 5, 1000])[rows % 6]
+    top_p = torch.tensor([1.0, 0.9, 0.5, 1.0, 0.9, 0.99])[rows % 6]
+    to = functools.partial(torch.Tensor.to, device=device)
+    return dict(logits=to(x.to(dtype)), image_pos=to(pos), temperature=to(temperature), top_k=to(top_k),
+                top_p=to(top_p), seed=to(torch.full((b,), 7)), offset=to(rows * 3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+def test_split_and_unsplit_rows_draw_identical_tokens(dtype, device):
+    """One program per row, three, and one per tile: the same tokens bit for bit (the tile is
+    the unit of every float sum, and the histograms are integer), and the reference's tokens."""
+    b = 12
+    case = _filter_case(SEED, 40194, b, device, dtype, seed=1)
+    ref = run({k: v.cpu() for k, v in case.items()}, SEED, "torch")
+    outs = []
+    for programs in (1, 3, 10_000):
+        trace = {}
+        out = _forward(case, SEED, programs=programs, block_v=2048, trace=trace)
+        assert_grammar(*out, case["logits"], case["image_pos"], SEED)
+        assert trace["passes_grid"][1] == min(programs, trace["num_tiles"]), trace["passes_grid"]
+        # Every sampled row took the two-pass path (none fell back), and greedy rows none.
+        modes = trace["modes"].cpu()
+        assert (modes[case["temperature"].cpu() > 0] == 1).all() and (modes[case["temperature"].cpu() == 0] == 0).all()
+        outs.append(out)
+    for out in outs[1:]:
+        assert all(torch.equal(a, c) for a, c in zip(outs[0], out))
+    assert torch.equal(outs[0][0].cpu(), ref[0]) and torch.equal(outs[0][2].cpu(), ref[2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+def test_flat_rows_keep_more_than_the_candidate_capacity_in_two_passes(dtype, device):
+    """Top-p 0.5 on flat rows of V = 40194 keeps thousands of tokens (text rows over 10000): far
+    more than the 1024 candidates a GPU program holds, yet no row falls back (only the tokens in
+    the boundary bucket are candidates), and the tokens are the reference's."""
+    v, b = 40194, 4
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(b, v, generator=g) * 0.01).to(dtype).to(device)
+    pos = torch.tensor([-1, 0, -1, 17], dtype=torch.int32, device=device)
+    kw = dict(vocab=SEED, temperature=1.0, top_p=0.5)
+    w = torch.softmax(torch.where(allowed_ids(SEED, v, pos.cpu().long()), x.cpu().float(), -math.inf).double(), 1)
+    kept = (w.sort(1, descending=True).values.cumsum(1) < 0.5).sum(1)
+    assert (kept > kcs.split_config(b, v, interpret=False)["CAP"]).all() and (kept[::2] > 10_000).all(), kept
+    case = dict(logits=x, image_pos=pos, temperature=torch.ones(b, device=device), top_k=torch.zeros(b, dtype=torch.int64,
+                device=device), top_p=torch.full((b,), 0.5, device=device), seed=torch.full((b,), 3, device=device))
+    for offset in range(3):
+        case["offset"] = torch.full((b,), offset, device=device)
+        trace = {}
+        tokens = _forward(case, SEED, trace=trace, cap=1024)[0]
+        ref, _ = constrained_sample(x.cpu(), pos.cpu(), seed=3, offset=offset, backend="torch", **kw)
+        assert torch.equal(tokens.cpu(), ref)
+        assert (trace["modes"].cpu() == 1).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+def test_split_sampler_at_152064_batch_of_one(dtype, device):
+    """B = 1 at V = 152064 split over many programs (as a GPU launch at B = 1 splits it), each
+    filter combination, against the reference."""
+    x, _ = _big_case(AT_END, 152064, 1, device, dtype=dtype)
+    for pos, t, k, p in ((-1, 0.8, 40, 0.9), (5, 1.0, 0, 0.95), (-1, 1.2, 300, 1.0), (3, 0.5, 0, 1.0)):
+        image_pos = torch.tensor([pos], dtype=torch.int32, device=device)
+        case = dict(logits=x, image_pos=image_pos, temperature=torch.tensor([t], device=device),
+                    top_k=torch.tensor([k], device=device), top_p=torch.tensor([p], device=device),
+                    seed=torch.tensor([2], device=device), offset=torch.tensor([9], device=device))
+        trace = {}
+        tokens = _forward(case, AT_END, programs=64, trace=trace)[0]
+        assert trace["passes_grid"] == (1, min(64, trace["num_tiles"])) and trace["passes_grid"][1] > 1
+        ref, _ = constrained_sample(x.cpu(), image_pos.cpu(), vocab=AT_END, temperature=t, top_k=k, top_p=p, seed=2,
+                                    offset=9, backend="torch")
+        assert torch.equal(tokens.cpu(), ref), (pos, t, k, p)
+
+
+def test_split_sampler_batch_of_1000_is_deterministic(device):
+    case = random_case(1000, MID, 47, seed=78, device=device, dtype=torch.bfloat16)
+    ref = run({k: v.cpu() for k, v in case.items()}, MID, "torch")
+    first = _forward(case, MID, programs=2, block_v=16)
+    again = _forward(case, MID, programs=2, block_v=16)
+    assert all(torch.equal(a, c) for a, c in zip(first, again))
+    assert_grammar(*first, case["logits"], case["image_pos"], MID)
+    same = first[0].cpu() == ref[0]
+    assert same.float().mean() >= 0.998 and torch.equal(first[2].cpu(), ref[2])
+
+
+# One text id and one code: V = 4, the shortest rows a layout allows (a code row holds 1 token).
+TINY = VisualVocab(text_vocab_size=1, first_code_id=1, num_codes=1, boi_id=2, eoi_id=3, eos_id=0, codes_per_image=2)
+
+
+@pytest.mark.parametrize("vocab, v", [(TINY, 4), (SMALL, 17), (MID, 47), (SEED, 40194)], ids=["4", "17", "47", "40194"])
+def test_split_sampler_odd_vocabulary_sizes(vocab, v, device):
+    case = random_case(48, vocab, v, seed=v, device=device)
+    ref = run({k: c.cpu() for k, c in case.items()}, vocab, "torch")
+    out = _forward(case, vocab, programs=3)
+    assert_grammar(*out, case["logits"], case["image_pos"], vocab)
+    assert torch.equal(out[0].cpu(), ref[0]) and torch.equal(out[2].cpu(), ref[2])
+
+
+@pytest.mark.parametrize("cap", [1, 4])
+def test_split_sampler_hands_crowded_rows_to_the_exact_fallback(cap, device):
+    """Rows whose boundary buckets hold more than ``cap`` tokens (all tied logits here) or whose
+    buckets are too wide for the temperature (t = 1e-4 on logits near 1000) take the exact
+    whole-row fallback: still the reference's tokens."""
+    b = 16
+    case = random_case(b, MID, 47, seed=5, device=device)
+    case["logits"][:8] = ((case["logits"][:8] * 2).round() / 2)  # wide ties
+    case["logits"][8:] = case["logits"][8:] + 1000.0
+    case["temperature"][8:] = 1e-4
+    case["top_k"] = torch.full((b,), 5, device=device)
+    case["top_p"] = torch.full((b,), 0.9, device=device)
+    case["image_pos"] = torch.tensor([-1, 3] * 8, dtype=torch.int32, device=device)
+    ref = run({k: c.cpu() for k, c in case.items()}, MID, "torch")
+    trace = {}
+    out = _forward(case, MID, cap=cap, trace=trace)
+    modes = trace["modes"].cpu()
+    finite = torch.isfinite(case["logits"].cpu()).all(1)
+    assert (modes[8:][finite[8:]] == 2).all() and (modes[:8] == 2).any()
+    assert torch.equal(out[0].cpu(), ref[0]) and torch.equal(out[2].cpu(), ref[2])
+
+
+def test_split_sampler_sort_and_rank_orders_agree(device):
+    """The GPU orders the candidates with ``tl.sort``, the interpreter by rank and scatter: both
+    on the same rows (a few rows per program so that the interpreted ``tl.sort`` stays quick)."""
+    case = random_case(8, MID, 47, seed=13, device=device)
+    by_sort = _forward(case, MID, rows=2, cap=16, sort_by_rank=False)
+    by_rank = _forward(case, MID, rows=2, cap=16, sort_by_rank=True)
+    assert all(torch.equal(a, c) for a, c in zip(by_sort, by_rank))
+    ref = run({k: c.cpu() for k, c in case.items()}, MID, "torch")
+    assert torch.equal(by_sort[0].cpu(), ref[0])
+
+
+def test_programs_per_row_fill_the_gpu_at_small_batch():
+    # V = 40194: text rows span 126 tiles of 256; V = 152064: 563.
+    assert kcs.programs_per_row(1, 126, interpret=False) == 126
+    assert kcs.programs_per_row(1, 563, interpret=False) == 563
+    assert kcs.programs_per_row(8, 563, interpret=False) == 132
+    assert kcs.programs_per_row(256, 126, interpret=False) == 5
+    assert kcs.programs_per_row(1056, 126, interpret=False) == 1
+    assert kcs.programs_per_row(1, 126, interpret=True) == 1
+    # The tile width depends on V only, so the split never changes a token.
+    assert {kcs.split_config(b, 40194, interpret=False)["BLOCK_V"] for b in (1, 8, 256, 4096)} == {256}
+
+
+_SPLIT_EVIDENCE = textwrap.dedent(
+    """
+    import json, sys
+    import torch, triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+    from seedfast.benchmarks.compiled_code import read_cubin
+    from seedfast.kernels import constrained_sample as kcs
+    from seedfast.benchmarks.constrained_sample import vocab_for
+    from seedfast.ops.constrained_sample import _layout
+
+    dt, b, v = json.loads(sys.argv[1])
+    log = []
+    JITFunction.run = lambda self, *a, grid, warmup, **k: log.append((self, a, k, grid))
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dt]
+    # A real launch on contiguous [B, V] logits with per-row settings, recorded rather than run.
+    f = lambda value, t: torch.full((b,), value, dtype=t)
+    kcs.constrained_sample_forward(
+        torch.empty(b, v, dtype=dtype), f(-1, torch.int32), f(1.0, torch.float32), f(50, torch.int64),
+        f(0.9, torch.float32), f(1, torch.int64), f(0, torch.int64), torch.arange(b), tuple(_layout(vocab_for(v))))
+    out = []
+    for jit, args, kwargs, grid in log:
+        for cc in (80, 90):
+            target = GPUTarget("cuda", cc, 32)
+            backend = make_backend(target)
+            binder = create_function_from_signature(jit.signature, jit.params, backend)
+            bound, spec, opts = binder(*args, **kwargs)
+            options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound, spec, opts)
+            k = triton.compile(ASTSource(jit, signature, constexprs, attrs), target=target, options=options.__dict__)
+            stats = read_cubin(k.asm["cubin"])
+            out.append(dict(kernel=jit.fn.__name__, sm=cc, grid=list(grid), regs=stats["registers"],
+                            spills=stats["spill_stores"] + stats["spill_loads"],
+                            vector=stats["hot_vector_loads"], scalar=stats["hot_scalar_loads"]))
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.skipif(os.environ.get("SEEDFAST_SKIP_AOT") == "1", reason="AOT compile disabled")
+@pytest.mark.parametrize("dt, b, v", [("bf16", 1, 40194), ("fp32", 1, 40194), ("fp16", 256, 152064)])
+def test_split_kernels_compile_for_sm80_and_sm90_without_spills(dt, b, v):
+    """Every launch of a real split call (the four split kernels and the fallback), compiled
+    for sm_80 and sm_90 with the specialisation of that launch: no spills; the two passes read
+    the logits with 128-bit loads in their loops; at B = 1 the passes use more than 64 programs."""
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").is_file():
+        pytest.skip("Triton ships no cuobjdump here")
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    proc = subprocess.run([sys.executable, "-c", _SPLIT_EVIDENCE, json.dumps([dt, b, v])], capture_output=True,
+                          text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    stats = json.loads(proc.stdout.strip().splitlines()[-1])
+    names = {s["kernel"] for s in stats}
+    assert names == {"_split_tiles_kernel", "_split_select_kernel", "_split_collect_kernel", "_split_finish_kernel",
+                     "_constrained_sample_kernel"}, names
+    assert len(stats) == 2 * 5
+    for s in stats:
+        assert s["spills"] == 0 and s["regs"] <= 255, s
+        if s["kernel"] in ("_split_tiles_kernel", "_split_collect_kernel"):
+            assert s["vector"] > 0, s
+            if b == 1:
+                assert s["grid"][1] > 64, s
