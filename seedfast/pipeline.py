@@ -368,6 +368,9 @@ class SeedPipeline:
         if len(images) != len(texts):
             raise ValueError(f"images must hold one list per prompt ({len(texts)}), got {len(images)}")
         seeds = _seeds(seed, len(texts))
+        # One image per tokenizer call: a batch's matmuls may round differently from a single
+        # image's, and a near tie in the codebook search would then give a request other codes
+        # in another batch (its output must not depend on the batch).
         codes = [[self._one_image(image, f"images[{r}][{j}]") for j, image in enumerate(row)]
                  for r, row in enumerate(images)]
         prompts = [self.text_tokenizer.encode(t, c) for t, c in zip(texts, codes)]
