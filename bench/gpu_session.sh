@@ -5,6 +5,7 @@
 # 540 s deadline, and writes its files into $OUT (else bench/results/) as soon as it ends.
 # Usage: bash bench/gpu_session.sh [--quick] [--device cpu] [--deadline S] [--skip-install]
 #   CPU dry run (what CI runs): bash bench/gpu_session.sh --device cpu --quick --skip-install
+# $PYTHON picks the interpreter (default: python3 on PATH), e.g. a virtual environment's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-exec python3 bench/gpu_session.py "$@"
+exec "${PYTHON:-python3}" bench/gpu_session.py "$@"

@@ -55,8 +55,10 @@ def test_cuda_backend_tests_skip_with_a_reason_without_nvcc(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_cpu_dry_run_writes_every_file(tmp_path):
+    # This interpreter, whatever PATH holds (a venv's python run without activating it).
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_session.sh"), "--device", "cpu", "--quick",
-                           "--skip-install", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+                           "--skip-install", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((tmp_path / "session.json").read_text())
     phases = {p["phase"]: p for p in record["phases"]}
