@@ -134,20 +134,18 @@ def attribute_accuracy(predicted: Scene | None, truth: Scene) -> float:
     """
     if predicted is None:
         return 0.0
-    fewer, more = sorted((predicted.objects, truth.objects), key=len)
-    slots = len(more)
+    slots = max(len(predicted.objects), len(truth.objects))
     if slots == 0:
         return 1.0
-    best = max(
-        sum(_equal_attributes(a, more[j]) for a, j in zip(fewer, chosen))
-        for chosen in itertools.permutations(range(slots), len(fewer))
-    )
+    best = sum(_equal_attributes(truth.objects[t], predicted.objects[p])
+               for t, p in _best_pairing(predicted, truth).items())
     return best / (len(ATTRIBUTES) * slots)
 
 
 def _best_pairing(predicted: Scene, truth: Scene) -> dict[int, int]:
-    """Truth object index → predicted object index under the pairing :func:`attribute_accuracy` scores
-    (the most equal attributes; among ties, the first in ``itertools.permutations`` order)."""
+    """Truth object index → predicted object index under the one-to-one pairing with the most equal
+    attributes (among ties, the first in ``itertools.permutations`` order), which
+    :func:`attribute_accuracy` and :func:`attribute_breakdown` both score."""
     n_true, n_pred = len(truth.objects), len(predicted.objects)
     if n_true <= n_pred:
         options = [dict(enumerate(chosen)) for chosen in itertools.permutations(range(n_pred), n_true)]

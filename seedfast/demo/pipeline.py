@@ -321,12 +321,15 @@ def evaluate(models: DemoModels, config: DemoConfig, *, seed: int = 0, progress:
     drawn = _in_chunks(lambda s: models.text_to_image(captions[s], seed=seeds[s])[1], n, chunk, "draw", progress)
     generated_images = torch.cat(drawn)
     prompted = [parse_caption(c) for c in captions]
-    breakdown = {
-        "reconstruction": accuracy_breakdown(read_scenes(reconstructions, max_objects=max_objects), truths),
-        "caption": accuracy_breakdown([parse_caption(c) for c in generated_captions], truths),
-        "text_to_image": accuracy_breakdown(read_scenes(generated_images, max_objects=max_objects), prompted),
-        "checker": accuracy_breakdown(read_scenes(images, max_objects=max_objects), truths),
+    # Each output is read (checker or caption parser) once, for the metrics and the examples alike.
+    scenes = {
+        "reconstruction": read_scenes(reconstructions, max_objects=max_objects),
+        "caption": [parse_caption(c) for c in generated_captions],
+        "text_to_image": read_scenes(generated_images, max_objects=max_objects),
+        "checker": read_scenes(images, max_objects=max_objects),
     }
+    breakdown = {task: accuracy_breakdown(read, prompted if task == "text_to_image" else truths)
+                 for task, read in scenes.items()}
     breakdown = {task: {k: round(float(v), 4) for k, v in parts.items()} for task, parts in breakdown.items()}
     metrics = {
         "reconstruction_attribute_accuracy": breakdown["reconstruction"]["overall"],
@@ -343,10 +346,8 @@ def evaluate(models: DemoModels, config: DemoConfig, *, seed: int = 0, progress:
     examples = Examples(
         images=images[:k], captions=captions[:k], codes=codes[:k], reconstructions=reconstructions[:k],
         generated_captions=generated_captions[:k], generated_images=generated_images[:k],
-        caption_scores=[attribute_accuracy(parse_caption(c), t) for c, t in zip(generated_captions, shown_truths)],
-        reconstruction_scores=[attribute_accuracy(s, t) for s, t in
-                               zip(read_scenes(reconstructions[:k], max_objects=max_objects), shown_truths)],
-        generation_scores=[attribute_accuracy(s, t) for s, t in
-                           zip(read_scenes(generated_images[:k], max_objects=max_objects), shown_truths)],
+        caption_scores=[attribute_accuracy(s, t) for s, t in zip(scenes["caption"], shown_truths)],
+        reconstruction_scores=[attribute_accuracy(s, t) for s, t in zip(scenes["reconstruction"], shown_truths)],
+        generation_scores=[attribute_accuracy(s, t) for s, t in zip(scenes["text_to_image"], shown_truths)],
     )
     return metrics, examples, breakdown
