@@ -43,9 +43,10 @@ the decode loop and checks them once with :func:`raise_on_flags` (``generate`` a
 run, :meth:`seedfast.nn.ConstrainedSampler.check`); ``check=True`` raises the same ``ValueError``
 naming the rows on every call, at the cost of one host synchronisation each.
 
-Backends: ``"torch"`` (the reference below), ``"triton"`` (the fused kernel; CPU tensors only
+Backends: ``"torch"`` (the reference below), ``"triton"`` (the fused kernels; CPU tensors only
 under ``TRITON_INTERPRET=1``), ``"cuda"`` (the CUDA C++ twin in ``csrc/``, JIT-built on first
-use) and ``"auto"`` (Triton on CUDA tensors, the reference elsewhere).
+use: the same split two-pass sampler and exact fallback, its float sums added in Triton's order)
+and ``"auto"`` (Triton on CUDA tensors, the reference elsewhere).
 """
 from __future__ import annotations
 

@@ -962,11 +962,55 @@ def test_compiled_kernel_has_no_spills_and_16_byte_loads():
         assert s["ldg128"] > 0 and s["ptx_v4"] > 0, s
 
 
+# The CUDA twin's kernels: the split sampler's four (select reads no logits, so it has no dtype
+# variants) and the one-block-per-row pivot kernel (method "rows" and the split sampler's fallback).
+CUDA_TWIN_KERNELS = {"constrained_sample_kernel": 3, "split_tiles_kernel": 3, "split_select_kernel": 1,
+                     "split_collect_kernel": 3, "split_finish_kernel": 3}
+# Kernels that stream the logits: their SASS must read them in 128-bit loads, in every dtype variant.
+CUDA_TWIN_STREAMING = ("constrained_sample_kernel", "split_tiles_kernel", "split_collect_kernel")
+
+
+def cuda_twin_usage(ptxas_log: str) -> dict[str, tuple[int, int, int]]:
+    """``{mangled kernel name: (stack frame, spill stores, spill loads)}`` from ``nvcc --resource-usage``."""
+    import re
+
+    usage, name = {}, None
+    for line in ptxas_log.splitlines():
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            name = m.group(1)
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and name is not None:
+            usage[name] = tuple(int(v) for v in m.groups())
+            name = None
+    return usage
+
+
+def cuda_twin_kernel(mangled: str) -> str | None:
+    """The CUDA twin's kernel a mangled name belongs to (None for another function)."""
+    return next((k for k in CUDA_TWIN_KERNELS if f"{len(k)}{k}" in mangled), None)
+
+
+def test_cuda_twin_usage_parser_catches_spills_and_missing_kernels():
+    log = ("ptxas info    : Function properties for _ZN15seedfast_sample18split_tiles_kernelIfEEvNS_6ParamsE\n"
+           "    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\n"
+           "ptxas info    : Function properties for _ZN15seedfast_sample19split_select_kernelENS_6ParamsE\n"
+           "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n")
+    usage = cuda_twin_usage(log)
+    assert usage == {"_ZN15seedfast_sample18split_tiles_kernelIfEEvNS_6ParamsE": (8, 4, 4),
+                     "_ZN15seedfast_sample19split_select_kernelENS_6ParamsE": (0, 0, 0)}
+    assert [cuda_twin_kernel(n) for n in usage] == ["split_tiles_kernel", "split_select_kernel"]
+    assert cuda_twin_kernel("_ZN3cub6detail11EmptyKernelIvEEvv") is None
+
+
 @pytest.mark.skipif(os.environ.get("SEEDFAST_SKIP_AOT") == "1", reason="AOT compile disabled")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_cuda_twin_has_no_local_memory_and_16_byte_loads(arch, tmp_path):
-    """``nvcc --resource-usage`` on the CUDA C++ twin: no stack frame and no spills in any dtype
-    variant; its SASS reads the logits with 128-bit loads."""
+    """``nvcc --resource-usage`` on the CUDA C++ twin: every kernel (the split sampler's four and
+    the pivot kernel, in each dtype variant) is compiled, with no stack frame and no spills; the
+    kernels that stream the logits read them with 128-bit loads in their SASS."""
+    import collections
     import shutil
 
     import triton
@@ -976,17 +1020,27 @@ def test_cuda_twin_has_no_local_memory_and_16_byte_loads(arch, tmp_path):
         pytest.skip("nvcc not on PATH")
     source = Path(__file__).resolve().parents[2] / "csrc" / "constrained_sample.cu"
     cubin = tmp_path / "cs.cubin"
-    proc = subprocess.run([nvcc, "--resource-usage", "-std=c++17", f"-arch={arch}", "-cubin", "-o", str(cubin),
+    proc = subprocess.run([nvcc, "-O3", "--resource-usage", "-std=c++17", f"-arch={arch}", "-cubin", "-o", str(cubin),
                            str(source)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    frames = [line for line in proc.stderr.splitlines() if "stack frame" in line]
-    assert len(frames) == 3, proc.stderr  # float, half, bfloat16
-    for line in frames:
-        assert line.split()[:1] == ["0"] and "0 bytes spill stores, 0 bytes spill loads" in line, line
+    usage = cuda_twin_usage(proc.stderr)
+    kernels = {name: cuda_twin_kernel(name) for name in usage}
+    assert collections.Counter(k for k in kernels.values() if k) == CUDA_TWIN_KERNELS, proc.stderr
+    for name, (stack, stores, loads) in usage.items():
+        assert (stack, stores, loads) == (0, 0, 0), f"{name}: {stack} bytes stack, {stores}/{loads} bytes spilled"
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     if tool.is_file():
         sass = subprocess.run([str(tool), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
-        assert "LDG.E.128" in sass
+        wide = collections.Counter()
+        name = None
+        for line in sass.splitlines():
+            if "Function : " in line:
+                name = line.split("Function : ", 1)[1].strip()
+            elif name is not None and "LDG.E.128" in line:
+                wide[name] += 1
+        for name, kernel in kernels.items():
+            if kernel in CUDA_TWIN_STREAMING:
+                assert wide[name] > 0, f"{name}: no 128-bit global load"
 
 
 # ---------------------------------------------------------------------------------------------
