@@ -17,7 +17,11 @@ Why these choices (measured on the 2-core machine, 1-object scenes, held-out spl
 * stand-in target on a 16 × 16 grid (``"stand-in:16"``): from the default 8 × 8 pooling an
   MLP tells the shape of small objects only 62 % of the time, from 16 × 16 always;
 * 1200 contrastive steps: after 600 the causal embeddings tell shape at 91 % and the codes
-  lose more of it (70 %), after 1200 at 99.8 % (codes 97 %).
+  lose more of it (70 %), after 1200 at 99.8 % (codes 97 %);
+* a de-tokenizer with a condition map (``map_channels=4``, ``map_size=16``: the embedding also
+  enters as a learned 4 × 16 × 16 layout beside the pixels, see
+  :class:`~seedfast.models.pixel_detokenizer.PixelDetokenizerConfig`): reconstruction 0.910 →
+  0.972 and text→image 0.911 → 0.973 at seed 0.
 """
 from __future__ import annotations
 
@@ -121,7 +125,7 @@ class DemoConfig:
             stage3=StageSettings(steps=1500, batch=32, lr=3e-3, warmup=50),
             detokenizer=StageSettings(steps=2000, batch=32, lr=2e-3, warmup=100),
             detokenizer_model=PixelDetokenizerConfig(embed_dim=768, image_size=32, sample_steps=12,
-                                                     guidance_scale=2.0),
+                                                     guidance_scale=2.0, map_channels=4, map_size=16),
         )
 
     @classmethod
