@@ -1502,37 +1502,25 @@ struct FinishShared {
   float pick_f;
 };
 
-__device__ __forceinline__ float block_max(float v, FinishShared& sh) {
-  v = warp_max(v);
-  if ((threadIdx.x & 31) == 0) sh.red_f[threadIdx.x >> 5] = v;
+// Max (kMax) or min of v over the finish block's warps; every thread gets it, all must call.
+template <bool kMax, typename T>
+__device__ __forceinline__ T block_extreme(T v, T* red) {
+  if constexpr (kMax) {
+    v = warp_max(v);
+  } else {
+    v = warp_min(v);
+  }
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
   __syncthreads();
-  const float all = fmaxf(fmaxf(sh.red_f[0], sh.red_f[1]), fmaxf(sh.red_f[2], sh.red_f[3]));
-  __syncthreads();
-  return all;
-}
-__device__ __forceinline__ int block_min(int v, FinishShared& sh) {
-  v = warp_min(v);
-  if ((threadIdx.x & 31) == 0) sh.red_i[threadIdx.x >> 5] = v;
-  __syncthreads();
-  const int all = min(min(sh.red_i[0], sh.red_i[1]), min(sh.red_i[2], sh.red_i[3]));
+  const T all = kMax ? max(max(red[0], red[1]), max(red[2], red[3])) : min(min(red[0], red[1]), min(red[2], red[3]));
   __syncthreads();
   return all;
 }
-__device__ __forceinline__ int block_max(int v, FinishShared& sh) {
-  v = warp_max(v);
-  if ((threadIdx.x & 31) == 0) sh.red_i[threadIdx.x >> 5] = v;
-  __syncthreads();
-  const int all = max(max(sh.red_i[0], sh.red_i[1]), max(sh.red_i[2], sh.red_i[3]));
-  __syncthreads();
-  return all;
-}
+__device__ __forceinline__ float block_max(float v, FinishShared& sh) { return block_extreme<true>(v, sh.red_f); }
+__device__ __forceinline__ int block_min(int v, FinishShared& sh) { return block_extreme<false>(v, sh.red_i); }
+__device__ __forceinline__ int block_max(int v, FinishShared& sh) { return block_extreme<true>(v, sh.red_i); }
 __device__ __forceinline__ long long block_min(long long v, FinishShared& sh) {
-  v = warp_min(v);
-  if ((threadIdx.x & 31) == 0) sh.red_l[threadIdx.x >> 5] = v;
-  __syncthreads();
-  const long long all = min(min(sh.red_l[0], sh.red_l[1]), min(sh.red_l[2], sh.red_l[3]));
-  __syncthreads();
-  return all;
+  return block_extreme<false>(v, sh.red_l);
 }
 // The value v of the one thread whose `mine` is true (0 when none); all threads must call.
 __device__ __forceinline__ float block_pick(bool mine, float v, FinishShared& sh) {
