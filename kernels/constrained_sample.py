@@ -698,6 +698,16 @@ def _hist_block(hist_n_ptr, hist_w_ptr, rows, jj, on, m, scale, c_carry, w_carry
 
 
 @triton.jit
+def _take_bucket(upd, hit, cnt, c_incl, w_excl, above, incl, mass):
+    """Where ``upd``: the count above, the inclusive count and the mass above the one bucket of
+    this block that ``hit`` marks (per row); elsewhere the values so far."""
+    above = tl.where(upd, tl.sum(tl.where(hit, c_incl - cnt, 0), axis=1), above)
+    incl = tl.where(upd, tl.sum(tl.where(hit, c_incl, 0), axis=1), incl)
+    mass = tl.where(upd, tl.sum(tl.where(hit, w_excl, 0.0), axis=1), mass)
+    return above, incl, mass
+
+
+@triton.jit
 def _split_select_kernel(
     pos_ptr, temp_ptr, topk_ptr, topp_ptr, tokens_ptr, next_pos_ptr, flags_ptr,
     tile_m_ptr, tile_s_ptr, tile_arg_ptr, tile_n_ptr, hist_n_ptr, hist_w_ptr, row_i_ptr, row_f_ptr,
@@ -779,9 +789,7 @@ def _split_select_kernel(
         found = todo & (first < nb)
         hit = jj[None, :] == first[:, None]
         bk = tl.where(found, first, bk)
-        above_k = tl.where(found, tl.sum(tl.where(hit, c_incl - cnt, 0), axis=1), above_k)
-        incl_k = tl.where(found, tl.sum(tl.where(hit, c_incl, 0), axis=1), incl_k)
-        mass_k = tl.where(found, tl.sum(tl.where(hit, w_excl, 0.0), axis=1), mass_k)
+        above_k, incl_k, mass_k = _take_bucket(found, hit, cnt, c_incl, w_excl, above_k, incl_k, mass_k)
         todo = todo & ~found
         j0 += NBLK
 
@@ -808,9 +816,7 @@ def _split_select_kernel(
         upd = last >= 0
         hit = jj[None, :] == last[:, None]
         bp = tl.where(upd, last, bp)
-        above_p = tl.where(upd, tl.sum(tl.where(hit, c_incl - cnt, 0), axis=1), above_p)
-        incl_p = tl.where(upd, tl.sum(tl.where(hit, c_incl, 0), axis=1), incl_p)
-        mass_p = tl.where(upd, tl.sum(tl.where(hit, w_excl, 0.0), axis=1), mass_p)
+        above_p, incl_p, mass_p = _take_bucket(upd, hit, cnt, c_incl, w_excl, above_p, incl_p, mass_p)
         done = (tl.max((inside & ~good).to(tl.int32), axis=1) > 0) | (j0 + NBLK > limit)
         todo = todo & ~done
         j0 += NBLK
