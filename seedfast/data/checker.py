@@ -194,8 +194,9 @@ def accuracy_breakdown(predicted: Sequence[Scene | None], truths: Sequence[Scene
     Returns
     -------
     dict
-        ``overall``, ``shape``, ``colour``, ``size``, ``position``; ``relation`` and
-        ``two_objects`` when some truth holds two objects, ``one_object`` when some holds one;
+        ``overall``, ``shape``, ``colour``, ``size``, ``position``; ``relation``, ``two_objects``
+        and ``two_objects_with_relation`` (the relation scored as a ninth item beside the eight
+        attributes) when some truth holds two objects, ``one_object`` when some holds one;
         ``count`` the number scored.
 
     Raises
@@ -214,11 +215,19 @@ def accuracy_breakdown(predicted: Sequence[Scene | None], truths: Sequence[Scene
         accuracy = attribute_accuracy(scene, truth)
         overall += accuracy
         split = "one_object" if len(truth.objects) == 1 else "two_objects"
-        for key, value in [*attribute_breakdown(scene, truth).items(), (split, accuracy)]:
+        parts = attribute_breakdown(scene, truth)
+        scored = [*parts.items(), (split, accuracy)]
+        if "relation" in parts:
+            # The relation as one more item beside the attributes of the matched slots.
+            slots = max(len(truth.objects), len(scene.objects) if scene is not None else 0)
+            equal = accuracy * len(ATTRIBUTES) * slots
+            scored.append(("two_objects_with_relation", (equal + parts["relation"]) / (len(ATTRIBUTES) * slots + 1)))
+        for key, value in scored:
             sums[key] = sums.get(key, 0.0) + value
             counts[key] = counts.get(key, 0) + 1
     out = {"overall": overall / len(truths), **{name: sums[name] / len(truths) for name in ATTRIBUTES}}
-    out.update({key: sums[key] / counts[key] for key in ("relation", "one_object", "two_objects") if key in counts})
+    out.update({key: sums[key] / counts[key] for key in ("relation", "one_object", "two_objects",
+                                                         "two_objects_with_relation") if key in counts})
     out["count"] = float(len(truths))
     return out
 

@@ -166,6 +166,14 @@ def test_accuracy_breakdown_splits_by_object_count():
     assert got["overall"] == pytest.approx((1.0 + 1.0 + 0.5 + 0.0) / 4)
     assert got["relation"] == 0.5 and got["count"] == 4.0
     assert got["shape"] == pytest.approx((1 + 1 + 0.5 + 0) / 4)  # the unparsed prompt counts as 0
-    assert "relation" not in accuracy_breakdown([Scene((red,))], [Scene((red,))])
+    # With the relation as a ninth item: 9/9 for the exact pair, (4 + 0) / 9 for the half-found one.
+    assert got["two_objects_with_relation"] == pytest.approx((1.0 + 4 / 9) / 2)
+    swapped = Scene((ObjectAttributes("circle", "red", "small", "bottom"), ObjectAttributes("square", "blue", "large",
+                                                                                          "top")))
+    flipped = accuracy_breakdown([swapped], [pair])  # 6 of 8 attributes, relation wrong
+    assert flipped["two_objects"] == 0.75 and flipped["two_objects_with_relation"] == pytest.approx(6 / 9)
+    assert accuracy_breakdown([None], [pair])["two_objects_with_relation"] == 0.0
+    one_only = accuracy_breakdown([Scene((red,))], [Scene((red,))])
+    assert "relation" not in one_only and "two_objects_with_relation" not in one_only
     with pytest.raises(ValueError, match="one truth per prediction"):
         accuracy_breakdown([], [])

@@ -24,6 +24,10 @@ def test_stage_tables_are_valid_training_configs(name, tmp_path):
         cfg = build_config(stage, [config.stage_tables(stage, seed=3, init=tmp_path, tokenizer=tmp_path)])
         assert cfg.data.max_objects == config.max_objects and cfg.train.seed == 3 and not cfg.lora.enabled
         assert cfg.optim.total_steps == {1: config.stage1, 2: config.stage2, 3: config.stage3}[stage].steps
+        # Only stage 2 reads a pool of pre-encoded images; the others draw fresh ones.
+        pooled = stage == 2 and config.stage2_pool > 0
+        assert (cfg.data.train_size == config.stage2_pool) if pooled else cfg.data.train_size >= 10 ** 6
+    assert config.max_objects == 2 and config.stage2_pool > 0
     tokenizer = model_config("tokenizer", cfg.tokenizer)
     assert tokenizer.codebook_size == 64 and tokenizer.generation_embed_dim == config.detokenizer_model.embed_dim
 
@@ -169,3 +173,17 @@ def test_metrics_file_and_curves(tmp_path):
     assert svg.startswith("<svg") and "4 → 0.5 (log scale)" in svg and svg.count(",") == 4
     assert "log scale" not in curve_svg([1.0, -1.0, float("nan"), 0.0], "loss")
     assert curve_svg([1.0], "loss") == "" and curve_svg([], "loss") == ""
+
+
+def test_goals_read_their_split_of_the_breakdown():
+    from seedfast.demo.report import GOALS, goal_results
+
+    breakdown = {"reconstruction": {"overall": 0.9, "one_object": 0.96, "two_objects_with_relation": 0.84},
+                 "caption": {"overall": 0.97}, "checker": {"overall": 1.0}}
+    got = {(g.task, g.split): v for g, v in goal_results(breakdown)}
+    assert got[("reconstruction", "one_object")] == 0.96 and got[("reconstruction", "two_objects_with_relation")] == 0.84
+    assert got[("text_to_image", "one_object")] is None and got[("caption", "overall")] == 0.97
+    assert {(g.task, g.split): g.threshold for g in GOALS} == {
+        ("reconstruction", "one_object"): 0.95, ("reconstruction", "two_objects_with_relation"): 0.85,
+        ("text_to_image", "one_object"): 0.9, ("text_to_image", "two_objects_with_relation"): 0.8,
+        ("caption", "overall"): 0.95, ("checker", "overall"): 0.98}
