@@ -13,7 +13,8 @@ default, inside the 600 s one device call may take); each writes its files as so
    measurement (``<date>-<device>[-quick]-<suite>.json``), so a timeout keeps what ran; a peer that
    raises is recorded as ``error: ...`` for its case;
 5. on a GPU, with the time left: ``tests/ops`` (every kernel compiled and run for real), then the
-   tokenizer training budget (``seedfast budget --measure --preset official``);
+   tokenizer training budget (``seedfast budget --measure --preset official``); then, on any
+   device, the decode step's fused-op suites (``add_rms_norm``, ``silu_mul``, ``rope_kv_write``);
 6. ``session.json``: every phase's exit status, time and files, the peers that were absent, and
    whether the ``cuda`` backend could be built.
 
@@ -37,9 +38,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # Order matters: the cheap, most-wanted suites first, the 8B-shaped decode last.
 SUITES = ("vq", "constrained_sample", "qformer_attention", "tokenizer", "decode")
+# The decode step's small fused ops: after the op tests and the budget, with the time left.
+LATE_SUITES = ("add_rms_norm", "silu_mul", "rope_kv_write")
 # Seconds each phase may take at most on a GPU (the overall deadline clips them further).
 GPU_CAPS = {"install": 30, "env": 10, "test-graphs": 50, "test-gpu": 70, "vq": 40, "constrained_sample": 40,
-            "qformer_attention": 60, "tokenizer": 40, "decode": 80, "test-ops": 60, "budget": 30}
+            "qformer_attention": 60, "tokenizer": 40, "decode": 80, "test-ops": 60, "budget": 30,
+            "add_rms_norm": 20, "silu_mul": 20, "rope_kv_write": 20}
 # Where seedfast's cuda backend cannot be built, tests of it are skipped by this pytest plugin.
 SKIP_CUDA_PLUGIN = '''
 import os
@@ -166,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline", type=float, default=540.0, help="overall seconds (default 540)")
     p.add_argument("--skip-install", action="store_true", help="seedfast is already installed")
     p.add_argument("--max-cases", type=int, help="cases per suite (default: all on cuda, 1 on cpu)")
-    p.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated, in order (default {','.join(SUITES)})")
+    every = SUITES + LATE_SUITES
+    p.add_argument("--suites", default=",".join(every), help=f"comma-separated (default {','.join(every)}); "
+                   f"{', '.join(LATE_SUITES)} run after the op tests and the budget")
     p.add_argument("--out", help="results folder (default: $OUT, else bench/results)")
     p.add_argument("--suite", help=argparse.SUPPRESS)  # the child process of one suite
     args = p.parse_args(argv)
@@ -176,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite:
         return run_suite(args.suite, out, args.device, args.quick, max_cases)
     suites = [s for s in args.suites.split(",") if s]
-    unknown = sorted(set(suites) - set(SUITES))
+    unknown = sorted(set(suites) - set(SUITES + LATE_SUITES))
     if unknown:
-        p.error(f"--suites: unknown {unknown}; choose from {', '.join(SUITES)}")
+        p.error(f"--suites: unknown {unknown}; choose from {', '.join(SUITES + LATE_SUITES)}")
     if args.deadline <= 0:
         p.error(f"--deadline: expected a positive number of seconds, got {args.deadline}")
 
@@ -209,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     session.run("test-graphs", [*pytest, "-m", "gpu", "-k", "graph", "tests"], cap["test-graphs"], env=test_env)
     session.run("test-gpu", [*pytest, "-m", "gpu", "-k", "not graph", "tests"], cap["test-gpu"], env=test_env)
 
-    files = []
-    for name in suites:
+    files: list[str] = []
+
+    def suite_phase(name: str) -> None:
         started = time.time()
         cmd = [py, str(Path(__file__).resolve()), "--suite", name, "--device", args.device, "--out", str(out),
                *(["--quick"] if args.quick else []), *(["--max-cases", str(max_cases)] if max_cases else [])]
@@ -223,8 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             data["notes"].append(f"timed out after {phase['seconds']} s: the cases after the last one listed "
                                  "did not run")
             write_json(out / written[0], data)
-        files += written
+        files.extend(written)
         write_json(out / "session.json", session.record)
+
+    for name in suites:
+        if name in SUITES:
+            suite_phase(name)
     if args.device == "cuda":
         # The op tests compile and run every kernel for real on a GPU; with the time that is left.
         session.run("test-ops", [*pytest, "tests/ops"], cap["test-ops"], env=test_env)
@@ -234,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         session.record["phases"] += [{"phase": name, "rc": None, "skipped": "GPU only (CI runs these on CPU)"}
                                      for name in ("test-ops", "budget")]
+    for name in suites:
+        if name in LATE_SUITES:
+            suite_phase(name)
     session.record["absent_peers"] = absent_peers(out, files)
     session.record["seconds"] = round(args.deadline - session.remaining(), 1)
     write_json(out / "session.json", session.record)

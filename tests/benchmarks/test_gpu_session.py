@@ -63,9 +63,11 @@ def test_cpu_dry_run_writes_every_file(tmp_path):
     record = json.loads((tmp_path / "session.json").read_text())
     phases = {p["phase"]: p for p in record["phases"]}
     order = [p["phase"] for p in record["phases"]]
-    suites = ["vq", "constrained_sample", "qformer_attention", "tokenizer", "decode"]
-    assert [p for p in order if p in suites] == suites  # VQ and sampling first, decode last
+    late = ["add_rms_norm", "silu_mul", "rope_kv_write"]
+    suites = ["vq", "constrained_sample", "qformer_attention", "tokenizer", "decode", *late]
+    assert [p for p in order if p in suites] == suites  # VQ and sampling first, the model suites, the decode ops
     assert order.index("test-graphs") < order.index("test-gpu") < order.index("vq")  # GPU tests first
+    assert order.index("decode") < order.index("test-ops") < order.index("budget") < order.index(late[0])
     assert phases["test-ops"]["skipped"] and phases["budget"]["skipped"]  # GPU only
     for name in suites:
         assert phases[name]["rc"] == 0 and not phases[name]["timed_out"], name

@@ -323,3 +323,25 @@ def test_missing_diffusers_is_a_one_line_error(command, tmp_path):
     with mock.patch.object(importlib.util, "find_spec", without_diffusers):
         _one_line_error(run_cli(argv), command, "seedfast[demo]")
     assert not (tmp_path / "out").exists()
+
+
+def test_full_demo_prints_each_goal_met_or_missed(tmp_path):
+    """The full demo's summary names every goal of issue 18 with its split; --quick prints none."""
+    from seedfast.demo.pipeline import DemoResult
+
+    breakdown = {"reconstruction": {"overall": 0.9, "one_object": 0.96, "two_objects_with_relation": 0.84},
+                 "text_to_image": {"overall": 0.8, "one_object": 0.91, "two_objects_with_relation": 0.8},
+                 "caption": {"overall": 0.5}, "checker": {"overall": 1.0}}
+    result = DemoResult(out=tmp_path, metrics={"caption_attribute_accuracy": 0.5}, report=tmp_path / "report.html",
+                        stages=[], breakdown=breakdown)
+    with mock.patch("seedfast.demo.pipeline.run_demo", return_value=result):
+        code, stdout, _ = run_cli(["demo", "--out", str(tmp_path), "--no-progress"])
+        assert code == 0
+        goals = [line for line in stdout.splitlines() if line.startswith("goal ")]
+        assert len(goals) == 6
+        verdicts = {line.split(">=")[0].split(None, 1)[1].strip(): line.rsplit(" ", 1)[1] for line in goals}
+        assert verdicts == {"reconstruction (one object)": "met", "reconstruction (two objects with relation)": "missed",
+                            "text_to_image (one object)": "met", "text_to_image (two objects with relation)": "met",
+                            "caption (overall)": "missed", "checker (overall)": "met"}
+        code, stdout, _ = run_cli(["demo", "--quick", "--out", str(tmp_path), "--no-progress"])
+        assert code == 0 and "goal " not in stdout and "caption_attribute_accuracy" in stdout
