@@ -187,3 +187,20 @@ def test_goals_read_their_split_of_the_breakdown():
         ("reconstruction", "one_object"): 0.95, ("reconstruction", "two_objects_with_relation"): 0.85,
         ("text_to_image", "one_object"): 0.9, ("text_to_image", "two_objects_with_relation"): 0.8,
         ("caption", "overall"): 0.95, ("checker", "overall"): 0.98}
+
+
+def test_stage3_rows_hold_every_caption_whole():
+    """``seq_len`` fits bos + the longest caption of the grammar + an image block + eos: a
+    shorter row would cut captions silently (``seedfast.train.text.interleave``)."""
+    import itertools
+
+    from seedfast.data.scene import COLOURS, RELATIONS, SHAPES, SIZES
+    from seedfast.train.text import WordTokenizer
+
+    words = WordTokenizer.procedural()
+    objects = [f"a {s} {c} {h}" for s, c, h in itertools.product(SIZES, COLOURS, SHAPES)]
+    longest = max(len(words.encode(f"{a} {r} {b}")) for a, b in itertools.product(objects, objects)
+                  for r in RELATIONS.values())
+    config = DemoConfig.full()
+    assert longest == 12 and config.seq_len == 1 + longest + 34 + 1
+    assert config.tokenizer["max_text_positions"] >= 1 + longest
