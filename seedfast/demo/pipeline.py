@@ -161,20 +161,20 @@ def _train_stage(config: DemoConfig, stage: int, folder: Path, seed: int, progre
     _say(f"{STAGE_NAMES[stage]}: {settings.steps} steps of {settings.batch}")
     t0 = time.perf_counter()
     tables = config.stage_tables(stage, seed=seed, **paths)
-    features = folder.with_name(folder.name + "-features")
+    # Stage 2 trains nothing upstream of the Q-Former's output, so a pool of images encoded once
+    # serves every epoch; the ViT and Q-Former forwards were ~40 % of a step.
+    pool = folder.with_name(folder.name + "-features") if stage == 2 and config.stage2_pool else None
     try:
-        if stage == 2 and config.stage2_pool:
+        if pool is not None:
             from seedfast.train.features import precompute
 
-            # Stage 2 trains nothing upstream of the Q-Former's output, so a pool of images encoded
-            # once serves every epoch; the ViT and Q-Former forwards were ~40 % of a step.
             _say(f"{STAGE_NAMES[stage]}: encoding {config.stage2_pool} training images once (frozen ViT + Q-Former)")
-            precompute(build_config(stage, [tables]), features, device="cpu", progress=progress)
-            tables["data"]["features"] = str(features)
+            precompute(build_config(stage, [tables]), pool, device="cpu", progress=progress)
+            tables["data"]["features"] = str(pool)
         result = train(build_config(stage, [tables]), folder, steps=settings.steps, device="cpu", progress=progress)
     finally:
-        # The pool is only this stage's input (~11 KB an image); the run folder keeps the weights.
-        shutil.rmtree(features, ignore_errors=True)
+        if pool is not None:  # only this stage's input (~11 KB an image); the run folder keeps the weights
+            shutil.rmtree(pool, ignore_errors=True)
     if result.stopped_by is not None or result.final is None:
         raise KeyboardInterrupt(f"{STAGE_NAMES[stage]} stopped by {result.stopped_by or 'a signal'}")
     seconds = time.perf_counter() - t0

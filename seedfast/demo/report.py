@@ -28,7 +28,6 @@ OUTPUT_FILES = (REPORT_FILE, METRICS_FILE, GRID_FILE, RECONSTRUCTION_FILE, TEXT_
 """The files every demo run writes at the top of its folder."""
 
 
-
 @dataclass(frozen=True)
 class Goal:
     """A quality goal on one cell of the breakdown (issue 18's, on the held-out split).

@@ -93,6 +93,7 @@ def test_quick_demo_writes_every_file_with_metrics_in_range(demo):
     assert all(key in stdout for key in METRICS)
     page = (out / "report.html").read_text()
     assert "By attribute, relation and object count" in page and page.count("<svg") == 4  # a curve per stage
+    assert "<h3>Goals</h3>" in page and "text_to_image (two objects with relation)" in page
     for name in ("demo_grid.png", f"{IMAGES_DIR}/input_000.png", f"{IMAGES_DIR}/reconstruction_000.png",
                  f"{IMAGES_DIR}/generated_000.png"):
         assert name in page and (out / name).is_file(), name
