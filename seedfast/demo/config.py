@@ -21,14 +21,18 @@ Why these choices (measured on the 2-core machine, held-out split):
 * stage 2 at 4800 steps over a pool of 76 800 images encoded once (``stage2_pool``; 4 epochs):
   on the two-object mix, seed 0, reconstruction went 0.775 → 0.872 against 1200 steps on fresh
   images, and a step fell from ~90 ms to ~70 ms without the frozen ViT and Q-Former;
-* stage 3 on rows of 48 ids (``seq_len``, no padding beyond the longest caption) at 1800 steps,
-  in 266 s where rows of 56 took 280 s for 1500 (seed 0: captions 0.808 → 0.812, text→image
-  0.815 → 0.799, both within the ±0.02 noise of 256 scenes);
+* stage 3 on rows of 48 ids (``seq_len``, no padding beyond the longest caption), with its codes
+  quantised from the stage-2 pool's causal features instead of encoding images (a step 148 →
+  114 ms), at 2600 steps: on seed 0's tokenizer, 1800 → 2400 steps took captions 0.834 → 0.859
+  and text→image on two-object scenes (relation counted) 0.695 → 0.752;
 * a de-tokenizer with a condition map (``map_channels=4``, ``map_size=16``: the embedding also
   enters as a learned 4 × 16 × 16 layout beside the pixels, see
   :class:`~seedfast.models.pixel_detokenizer.PixelDetokenizerConfig`): one-object scenes,
   reconstruction 0.910 → 0.972 and text→image 0.911 → 0.973 at seed 0; from exact target
-  embeddings it draws 0.995 of the two-object mix's attributes.
+  embeddings it draws 0.995 of the two-object mix's attributes;
+* its last 800 of 2400 steps conditioned on what the stage-2 tokenizer predicts from the codes
+  (``detokenizer_code_steps``), the embeddings it is given at inference: on the second core,
+  which otherwise idles once the de-tokenizer is done (seed 0: reconstruction 0.872 → 0.882).
 """
 from __future__ import annotations
 
@@ -93,6 +97,11 @@ class DemoConfig:
     detokenizer_model : PixelDetokenizerConfig
     normaliser_samples : int
         Training images whose target embeddings fix the de-tokenizer's embedding normaliser.
+    detokenizer_code_steps : int
+        The de-tokenizer's last steps, conditioned on the generation embeddings that the
+        stage-2 tokenizer predicts from each image's codes instead of the exact targets (it
+        waits for stage 2 before them), so that it learns to draw from what it is given at
+        inference; 0: exact targets throughout.
     stage2_pool : int
         0: stage 2 runs the frozen ViT and Q-Former on fresh images every step. Otherwise it
         first encodes this many training images once (``causal`` features and targets, see
@@ -122,6 +131,7 @@ class DemoConfig:
     detokenizer: StageSettings
     detokenizer_model: PixelDetokenizerConfig
     normaliser_samples: int = 4096
+    detokenizer_code_steps: int = 0
     stage2_pool: int = 0
     seq_len: int = 48
     caption_temperature: float = 0.0
@@ -132,6 +142,11 @@ class DemoConfig:
     llm: dict[str, Any] = field(default_factory=lambda: dict(LLM))
     target: str = TARGET
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.detokenizer_code_steps <= self.detokenizer.steps:
+            raise ValueError(f"DemoConfig: detokenizer_code_steps must be in [0, detokenizer.steps="
+                             f"{self.detokenizer.steps}], got {self.detokenizer_code_steps}")
+
     @classmethod
     def full(cls) -> DemoConfig:
         """The README's demo: one- and two-object scenes, at most 15 minutes on 2 idle CPU cores (808 s measured)."""
@@ -139,8 +154,8 @@ class DemoConfig:
             name="full", image_size=32, max_objects=2, eval_size=256, show=16, stage2_pool=76_800,
             stage1=StageSettings(steps=1200, batch=64, lr=2e-3, warmup=20),
             stage2=StageSettings(steps=4800, batch=64, lr=6e-3, warmup=20),
-            stage3=StageSettings(steps=1800, batch=32, lr=3e-3, warmup=50),
-            detokenizer=StageSettings(steps=2000, batch=32, lr=2e-3, warmup=100),
+            stage3=StageSettings(steps=2600, batch=32, lr=3e-3, warmup=50),
+            detokenizer=StageSettings(steps=2400, batch=32, lr=2e-3, warmup=100), detokenizer_code_steps=800,
             detokenizer_model=PixelDetokenizerConfig(embed_dim=768, image_size=32, sample_steps=12,
                                                      guidance_scale=2.0, map_channels=4, map_size=16),
         )
@@ -154,7 +169,7 @@ class DemoConfig:
             stage1=dataclasses.replace(full.stage1, steps=8, batch=16, warmup=2),
             stage2=dataclasses.replace(full.stage2, steps=8, batch=16, warmup=2),
             stage3=dataclasses.replace(full.stage3, steps=8, batch=16, warmup=2),
-            detokenizer=dataclasses.replace(full.detokenizer, steps=8, batch=8, warmup=2),
+            detokenizer=dataclasses.replace(full.detokenizer, steps=8, batch=8, warmup=2), detokenizer_code_steps=4,
             detokenizer_model=dataclasses.replace(full.detokenizer_model, sample_steps=2),
         )
 

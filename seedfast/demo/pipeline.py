@@ -3,15 +3,19 @@ the held-out split, and write the report.
 
 Order of work. The de-tokenizer learns (target embedding of a real image → that image), as
 SD-unCLIP's decoder learns from CLIP image embeddings, so it does not depend on the tokenizer:
-it trains in a second thread while the main thread writes the frozen encoder
+it trains in a second process while the main thread writes the frozen encoder
 (:mod:`seedfast.demo.encoder`) and runs tokenizer stage 1, stage 2 and SEED-LLaMA stage 3
 through :func:`seedfast.train.loop.train`. At inference it is fed the tokenizer's generation
-embeddings, which stage 2 trained to predict those targets.
-Each thread computes with one intra-op thread, which is deterministic and, on a 2-core machine,
+embeddings, which stage 2 trained to predict those targets; so once stage 2 is done, its last
+``detokenizer_code_steps`` steps are conditioned on those predictions instead (from each
+image's codes), while stage 3 trains. Stage 2 first encodes a pool of training images with the
+frozen ViT and Q-Former; stage 3 quantises the same causal features into its codes, and the
+pool is deleted after stage 3.
+Each process computes with one intra-op thread, which is deterministic and, on a 2-core machine,
 keeps both cores busy without the two fighting over them (an oversubscribed OpenMP pool made a
-de-tokenizer step five times slower on the shared machine). The de-tokenizer's weights are
-initialised before the second thread starts and it draws only from its own generator, so the
-main thread's seeded global random stream is never disturbed: a seed gives the same run.
+de-tokenizer step five times slower on the shared machine; two threads of one process queued for
+the interpreter lock, see :class:`_DetokenizerTraining`). The de-tokenizer's process seeds its
+own generators, so a seed gives the same run.
 
 Then the held-out split is encoded, reconstructed, captioned and drawn from its captions, and
 the attribute checker scores all of it (see :mod:`seedfast.demo.report` for the files).
@@ -22,11 +26,11 @@ import json
 import math
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -151,8 +155,10 @@ def _procedural(config: DemoConfig, seed: int, split: str, size: int) -> Procedu
     return ProceduralDataset(pc, split)
 
 
-def _train_stage(config: DemoConfig, stage: int, folder: Path, seed: int, progress: bool, **paths: Path) -> tuple[
-        Path, StageSummary]:
+def _train_stage(config: DemoConfig, stage: int, folder: Path, seed: int, progress: bool, *,
+                 features: Path | None = None, **paths: Path) -> tuple[Path, StageSummary]:
+    """Run one stage; with ``features`` it reads that pool of causal features, which stage 2
+    first writes (``config.stage2_pool`` training images) when the folder does not exist yet."""
     from seedfast.train.config_sources import build_config
     from seedfast.train.log import LOG_FILE
     from seedfast.train.loop import train
@@ -161,20 +167,14 @@ def _train_stage(config: DemoConfig, stage: int, folder: Path, seed: int, progre
     _say(f"{STAGE_NAMES[stage]}: {settings.steps} steps of {settings.batch}")
     t0 = time.perf_counter()
     tables = config.stage_tables(stage, seed=seed, **paths)
-    # Stage 2 trains nothing upstream of the Q-Former's output, so a pool of images encoded once
-    # serves every epoch; the ViT and Q-Former forwards were ~40 % of a step.
-    pool = folder.with_name(folder.name + "-features") if stage == 2 and config.stage2_pool else None
-    try:
-        if pool is not None:
+    if features is not None:
+        if not features.exists():
             from seedfast.train.features import precompute
 
             _say(f"{STAGE_NAMES[stage]}: encoding {config.stage2_pool} training images once (frozen ViT + Q-Former)")
-            precompute(build_config(stage, [tables]), pool, device="cpu", progress=progress)
-            tables["data"]["features"] = str(pool)
-        result = train(build_config(stage, [tables]), folder, steps=settings.steps, device="cpu", progress=progress)
-    finally:
-        if pool is not None:  # only this stage's input (~11 KB an image); the run folder keeps the weights
-            shutil.rmtree(pool, ignore_errors=True)
+            precompute(build_config(stage, [tables]), features, device="cpu", progress=progress)
+        tables["data"]["features"] = str(features)
+    result = train(build_config(stage, [tables]), folder, steps=settings.steps, device="cpu", progress=progress)
     if result.stopped_by is not None or result.final is None:
         raise KeyboardInterrupt(f"{STAGE_NAMES[stage]} stopped by {result.stopped_by or 'a signal'}")
     seconds = time.perf_counter() - t0
@@ -203,60 +203,157 @@ def _last_step(log: Path) -> dict[str, float]:
     return last
 
 
-class _DetokenizerTraining:
-    """The de-tokenizer's training on target embeddings, run in a thread (see the module docstring)."""
+class _Cancelled(Exception):
+    """The tokenizer stages failed or were stopped while the de-tokenizer waited for their tokenizer."""
 
-    def __init__(self, config: DemoConfig, seed: int, progress: bool) -> None:
+
+class _DetokenizerJob:
+    """The de-tokenizer's data, normaliser, model and training (run in the child process).
+
+    Its first ``steps - code_steps`` steps are conditioned on exact target embeddings; the last
+    ``code_steps`` on the generation embeddings that the stage-2 tokenizer predicts from each
+    image's 32 codes. ``next_tokenizer`` blocks until that tokenizer's folder is known and
+    returns it, or None when it will never come.
+    """
+
+    def __init__(self, config: DemoConfig, seed: int, progress: bool,
+                 next_tokenizer: Callable[[], str | Path | None]) -> None:
         from seedfast.models.pixel_detokenizer import PixelDetokenizer
         from seedfast.train.targets import build_target
 
-        self.config, self.seed, self.progress = config, seed, progress
+        self.config, self.seed, self.progress, self.next_tokenizer = config, seed, progress, next_tokenizer
         self.target = build_target(config.target, config.detokenizer_model.embed_dim)
         self.data = _procedural(config, seed, "train", TRAIN_SIZE)
         # The normaliser's statistics come from the last training images, which no stage reads.
         stats = self.data.batch(range(TRAIN_SIZE - config.normaliser_samples, TRAIN_SIZE))
         self.normaliser = EmbeddingNormaliser.fit(self._targets(stats.images))
         self.model = PixelDetokenizer(config.detokenizer_model, device="cpu", seed=seed)
-        self.losses: list[float] = []
-        self.seconds = 0.0
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="seedfast-detokenizer", daemon=True)
+        self.waited = 0.0
 
     def _targets(self, images: torch.Tensor) -> torch.Tensor:
         return self.target(clip_preprocess(images, size=self.config.image_size))
 
+    def _coder(self) -> SeedTokenizer:
+        t0 = time.perf_counter()
+        folder = self.next_tokenizer()
+        self.waited = time.perf_counter() - t0
+        if folder is None:
+            raise _Cancelled("the tokenizer stages did not finish")
+        return SeedTokenizer.load(folder).eval()
+
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        s = self.config.detokenizer
+        s, image_size = self.config.detokenizer, self.config.image_size
+        exact = s.steps - self.config.detokenizer_code_steps
         # The training split in order: the tokenizer's stages read it in a shuffled order, and
         # an image seen by both is no more than the same data used twice.
-        for step in range(s.steps):
+        for step in range(exact):
             batch = self.data.batch(range(step * s.batch, (step + 1) * s.batch))
             yield self.normaliser(self._targets(batch.images)), batch.images.float() / 255
+        if exact == s.steps:
+            return
+        coder = self._coder()
+        # Images past the stage-2 pool, which stage 2 fitted for several epochs: the predicted
+        # embeddings are then as good as on held-out images, not better.
+        first = max(self.config.stage2_pool, exact * s.batch)
+        for step in range(s.steps - exact):
+            batch = self.data.batch(range(first + step * s.batch, first + (step + 1) * s.batch))
+            with torch.no_grad():
+                predicted = coder.generation_embedding(coder.encode(clip_preprocess(batch.images, size=image_size)))
+            yield self.normaliser(predicted), batch.images.float() / 255
 
-    def _run(self) -> None:
+    def run(self) -> list[float]:
         s = self.config.detokenizer
-        t0 = time.perf_counter()
-        try:
-            self.losses = train_pixel_detokenizer(self.model, self._batches(), steps=s.steps, lr=s.lr,
-                                                  warmup_steps=s.warmup, seed=self.seed, progress=self.progress)
-        except BaseException as err:  # re-raised in the main thread by join()
-            self.error = err
-        self.seconds = time.perf_counter() - t0
+        return train_pixel_detokenizer(self.model, self._batches(), steps=s.steps, lr=s.lr, warmup_steps=s.warmup,
+                                       seed=self.seed, progress=self.progress)
+
+
+def _detokenizer_child(config: DemoConfig, seed: int, progress: bool, folder: str, tokenizers: Any,
+                       results: Any) -> None:
+    """The child process: train, save to ``folder``, report ``(status, payload)`` on ``results``."""
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    try:
+        job = _DetokenizerJob(config, seed, progress, tokenizers.get)
+        losses = job.run()
+        NormalisedDetokenizer(job.model, job.normaliser).save(folder)
+        results.put(("done", {"losses": losses, "seconds": time.perf_counter() - t0, "waited": job.waited}))
+    except _Cancelled as err:
+        results.put(("cancelled", str(err)))
+    except BaseException:  # reported to the parent, which raises it there
+        import traceback
+
+        results.put(("error", traceback.format_exc()))
+
+
+class _DetokenizerTraining:
+    """The de-tokenizer's training in a child process beside the main thread's stages.
+
+    A process, not a thread: the two trainings are many small ops each, and in one process
+    they queue for the interpreter lock (measured: a stage-3 step 114 ms alone in its process,
+    137 ms beside a de-tokenizer thread). The child computes with one intra-op thread and seeds
+    its own generators, so a seed gives the same run. It writes the trained de-tokenizer and
+    its normaliser to ``folder``.
+    """
+
+    def __init__(self, config: DemoConfig, seed: int, progress: bool, folder: Path) -> None:
+        import multiprocessing
+
+        # Spawned, not forked: a fork of a process that has run torch's thread pools can hang.
+        context = multiprocessing.get_context("spawn")
+        self.config, self.folder = config, folder
+        self._tokenizers, self._results = context.Queue(), context.Queue()
+        self.process = context.Process(target=_detokenizer_child, name="seedfast-detokenizer", daemon=True,
+                                       args=(config, seed, progress, str(folder), self._tokenizers, self._results))
 
     def start(self) -> None:
         s = self.config.detokenizer
-        _say(f"de-tokenizer (pixel diffusion on target embeddings): {s.steps} steps of {s.batch}, in a second thread")
-        self.thread.start()
+        _say(f"de-tokenizer (pixel diffusion): {s.steps} steps of {s.batch} in a second process, the last "
+             f"{self.config.detokenizer_code_steps} on the stage-2 tokenizer's embeddings of image codes")
+        self.process.start()
 
-    def join(self) -> StageSummary:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        tail = self.losses[-50:]
+    def provide_tokenizer(self, folder: Path) -> None:
+        """The stage-2 tokenizer is saved in ``folder``: the code-conditioned steps may start."""
+        self._tokenizers.put(str(folder))
+
+    def cancel(self) -> None:
+        """The tokenizer stages failed or were stopped: end the child (it may be mid-training)."""
+        self._tokenizers.put(None)
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
+
+    def join(self) -> tuple[NormalisedDetokenizer, StageSummary]:
+        """Wait for the child; its de-tokenizer and summary.
+
+        Raises
+        ------
+        DemoError
+            The child failed (its traceback in the message) or ended without a result.
+        """
+        import queue
+
+        while True:
+            try:
+                status, payload = self._results.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self.process.is_alive():
+                    raise DemoError(f"the de-tokenizer process ended (exit code {self.process.exitcode}) "
+                                    "without a result") from None
+        self.process.join()
+        if status != "done":
+            raise DemoError(f"the de-tokenizer's training {'was cancelled' if status == 'cancelled' else 'failed'}:"
+                            f"\n{payload}")
+        losses, seconds = payload["losses"], payload["seconds"]
+        tail = losses[-50:]
         end = f"loss {sum(tail) / len(tail):.4f} (mean of the last {len(tail)} steps)"
-        _say(f"de-tokenizer: done in {self.seconds:.0f} s; {end}")
-        return StageSummary("de-tokenizer (pixel diffusion on target embeddings)", self.config.detokenizer.steps,
-                            self.seconds, end, losses=tuple(self.losses))
+        if self.config.detokenizer_code_steps:
+            end += f"; waited {payload['waited']:.0f} s for the tokenizer"
+        _say(f"de-tokenizer: done in {seconds:.0f} s; {end}")
+        summary = StageSummary("de-tokenizer (pixel diffusion on target, then code, embeddings)",
+                               self.config.detokenizer.steps, seconds, end, losses=tuple(losses))
+        return NormalisedDetokenizer.load(self.folder), summary
 
 
 def _train_all(config: DemoConfig, out: Path, seed: int, progress: bool) -> tuple[list[StageSummary], DemoModels]:
@@ -269,20 +366,32 @@ def _train_all(config: DemoConfig, out: Path, seed: int, progress: bool) -> tupl
     init = runs / "init"
     stage1_config = build_config(1, [config.stage_tables(1, seed=seed)])
     frozen_encoder_init(model_config("tokenizer", stage1_config.tokenizer), seed).save(init)
-    detok = _DetokenizerTraining(config, seed, progress)
+    detok = _DetokenizerTraining(config, seed, progress, runs / "detokenizer")
     detok.start()
-    stage1, s1 = _train_stage(config, 1, runs / "stage1", seed, progress, init=init)
-    stage2, s2 = _train_stage(config, 2, runs / "stage2", seed, progress, init=stage1)
-    stage3, s3 = _train_stage(config, 3, runs / "stage3", seed, progress, tokenizer=stage2)
-    if detok.thread.is_alive():
+    # Stages 2 and 3 train nothing upstream of the Q-Former's output, so a pool of images encoded
+    # once serves every epoch of stage 2 and stage 3's codes: the ViT and Q-Former forwards were
+    # ~40 % of a stage-2 step and ~17 % of a stage-3 step.
+    pool = runs / "stage2-features" if config.stage2_pool else None
+    try:
+        stage1, s1 = _train_stage(config, 1, runs / "stage1", seed, progress, init=init)
+        stage2, s2 = _train_stage(config, 2, runs / "stage2", seed, progress, init=stage1, features=pool)
+        detok.provide_tokenizer(stage2)
+        stage3, s3 = _train_stage(config, 3, runs / "stage3", seed, progress, tokenizer=stage2, features=pool)
+    except BaseException:
+        detok.cancel()
+        raise
+    finally:
+        if pool is not None:  # only the stages' input (~11 KB an image); the run folders keep the weights
+            shutil.rmtree(pool, ignore_errors=True)
+    if detok.process.is_alive():
         _say("waiting for the de-tokenizer to finish")
-    sd = detok.join()
+    detokenizer, sd = detok.join()
     manifest = Manifest(image_size=config.image_size, max_objects=config.max_objects,
                         decode_steps=config.detokenizer_model.sample_steps,
                         guidance_scale=config.detokenizer_model.guidance_scale,
                         caption_temperature=config.caption_temperature, image_temperature=config.image_temperature,
                         image_top_k=config.image_top_k, image_top_p=config.image_top_p)
-    models = DemoModels(SeedTokenizer.load(stage2).eval(), NormalisedDetokenizer(detok.model, detok.normaliser),
+    models = DemoModels(SeedTokenizer.load(stage2).eval(), detokenizer,
                         Llama.from_hf(stage3, dtype=torch.float32).eval(), manifest)
     models.save(out / MODELS_DIR)
     return [s1, s2, sd, s3], models

@@ -241,7 +241,35 @@ class SeedTokenizer(nn.Module):
         TypeError, ValueError
             As :meth:`image_features`.
         """
-        return self.quantize.encode(self.encode_task_layer(self.causal_embeddings(images)))
+        return self.encode_causal(self.causal_embeddings(images))
+
+    @torch.no_grad()
+    def encode_causal(self, causal: torch.Tensor) -> torch.Tensor:
+        """Causal embeddings (:meth:`causal_embeddings`, e.g. cached) → visual codes, as :meth:`encode`.
+
+        Parameters
+        ----------
+        causal : Tensor ``[B, 32, qformer_hidden]``, floating, B >= 1, on the model's device
+
+        Returns
+        -------
+        Tensor ``[B, 32]``, int64, in ``[0, codebook_size)``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Not a floating tensor of that shape on the model's device.
+        """
+        if not isinstance(causal, torch.Tensor) or not causal.is_floating_point():
+            raise TypeError(f"encode_causal: causal must be a floating tensor, got "
+                            f"{causal.dtype if isinstance(causal, torch.Tensor) else type(causal).__name__}")
+        expected = (NUM_QUERY_TOKENS, self.config.qformer_hidden)
+        if causal.dim() != 3 or causal.shape[0] < 1 or tuple(causal.shape[1:]) != expected:
+            raise ValueError(f"encode_causal: causal must have shape [B >= 1, {expected[0]}, {expected[1]}], "
+                             f"got {tuple(causal.shape)}")
+        if causal.device != self.query_tokens.device:
+            raise ValueError(f"encode_causal: causal is on {causal.device}, the model on {self.query_tokens.device}")
+        return self.quantize.encode(self.encode_task_layer(causal.to(self.query_tokens.dtype)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``model(images)`` is :meth:`encode` (the training losses are :mod:`seedfast.train.tokenizer_losses`)."""

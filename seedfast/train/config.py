@@ -52,7 +52,8 @@ class DataConfig:
         ``--precompute-features`` first.
     features : str
         A folder written by ``--precompute-features``: stages 1–2 read the frozen encoder's
-        output from it instead of running the ViT (``""``: run it).
+        output from it instead of running the ViT (``""``: run it); stage 3 reads causal
+        (stage-2) features of its ``tokenizer``'s own frozen encoder and only quantises them.
     image_size : int
         Side the source's images are rendered or decoded at (then resized to the tokenizer's).
     train_size : int

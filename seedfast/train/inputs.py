@@ -58,7 +58,8 @@ class InputBuilder:
     target : module, optional
         Stage 2 without stored targets: preprocessed images → target embedding.
     coder : module with ``encode(images) -> codes``, optional
-        Stage 3: the frozen SEED tokenizer.
+        Stage 3: the frozen SEED tokenizer (and ``encode_causal(features) -> codes`` when the
+        batches hold causal features instead of images).
     vocab : VisualVocab, optional
         Stage 3.
     seq_len : int
@@ -108,7 +109,10 @@ class InputBuilder:
     def _stage3(self, raw: RawBatch, captions: list[str]) -> MicroBatch:
         assert self.coder is not None and self.vocab is not None and self.text is not None
         with torch.no_grad():
-            codes = self.coder.encode(self._images(raw).to(self.image_dtype)).cpu()
+            if raw.features is not None:  # causal features of the coder's own frozen encoder
+                codes = self.coder.encode_causal(raw.features.to(self.device, self.image_dtype)).cpu()
+            else:
+                codes = self.coder.encode(self._images(raw).to(self.image_dtype)).cpu()
         first = [bool(np.random.default_rng([self.seed, 3, int(i)]).random() < self.caption_first_p)
                  for i in raw.indices]
         seqs = interleave(captions, codes, first, self.text, self.vocab, self.seq_len)

@@ -117,6 +117,9 @@ def _check_features(cfg: RunConfig, store: Any, model: nn.Module) -> None:
     from seedfast.train.features import encoder_fingerprint
 
     where = cfg.data.features
+    if store.kind == "vit" and cfg.stage == 3:
+        raise ConfigError(f"{where} holds ViT features; stage 3 makes codes from causal (Q-Former) features "
+                          "(precompute with --stage 2)")
     if store.kind == "causal" and cfg.stage == 1:
         raise ConfigError(f"{where} holds causal (Q-Former) features; stage 1 trains the Q-Former and needs "
                           "vit features (precompute with --stage 1)")
@@ -128,7 +131,7 @@ def _check_features(cfg: RunConfig, store: Any, model: nn.Module) -> None:
     if cfg.stage == 2 and store.meta.get("target") != cfg.data.target:
         raise ConfigError(f"{where} holds targets of {store.meta.get('target')!r}, the config asks for "
                           f"data.target = {cfg.data.target!r}")
-    if store.meta["tokenizer"] != model_config("tokenizer", cfg.tokenizer).to_dict():
+    if store.meta["tokenizer"] != model.config.to_dict():
         raise ConfigError(f"{where} was computed with another tokenizer config")
     if store.meta["fingerprint"] != encoder_fingerprint(model, store.kind):
         raise ConfigError(f"{where} was computed by other frozen weights than this run's (fingerprint differs); "
@@ -156,15 +159,13 @@ def build_run(cfg: RunConfig, info: D.DistInfo, source: Any = None, features_kin
     dtype = compute_dtype(cfg, dev)
     if cfg.train.parallel == "fsdp" and stage != 3:
         raise ConfigError("train.parallel = 'fsdp' shards the LLM (stage 3); stages 1–2 use 'ddp'")
-    if cfg.data.features and stage == 3:
-        raise ConfigError("data.features: stage 3 reads images (codes are made on the fly); unset it")
     stored = source is None and bool(cfg.data.features)
     if source is None:
         source, features_kind = _source(cfg)
     if stage in (1, 2):
         parts = _tokenizer_parts(cfg, info, dtype, features_kind, source if stored else None)
     else:
-        parts = _llm_parts(cfg, dev, dtype)
+        parts = _llm_parts(cfg, dev, dtype, source if stored else None)
     trained, objective, builder, flops, shard, left = parts
     if cfg.train.compile:
         objective.compile()
@@ -225,13 +226,13 @@ def _tokenizer_parts(cfg: RunConfig, info: D.DistInfo, dtype: torch.dtype, featu
     return model, objective, builder, flops, None, left
 
 
-def _llm_parts(cfg: RunConfig, dev: torch.device, dtype: torch.dtype) -> _Parts:
+def _llm_parts(cfg: RunConfig, dev: torch.device, dtype: torch.dtype, store: Any) -> _Parts:
     model = build_llm(cfg)
     _frozen_to(model, dtype)
     model.to(dev)
     if cfg.train.activation_checkpointing:
         checkpoint_methods(list(model.layers))
-    coder, vocab, text = _stage3_coding(cfg, dev, dtype)
+    coder, vocab, text = _stage3_coding(cfg, dev, dtype, store)
     builder = InputBuilder(3, dev, image_size=coder.config.image_size, image_dtype=dtype,
                            vit_tokens=coder.config.num_patches + 1, text=text, max_words=cfg.data.max_words,
                            coder=coder, vocab=vocab, seq_len=cfg.data.seq_len,
@@ -241,8 +242,11 @@ def _llm_parts(cfg: RunConfig, dev: torch.device, dtype: torch.dtype) -> _Parts:
     return model, LlmObjective(model), builder, flops, list(model.layers), []
 
 
-def _stage3_coding(cfg: RunConfig, dev: torch.device, dtype: torch.dtype) -> tuple[Any, Any, Any]:
-    """The frozen SEED tokenizer that makes codes, the vocabulary layout, the text tokenizer."""
+def _stage3_coding(cfg: RunConfig, dev: torch.device, dtype: torch.dtype, store: Any = None) -> tuple[Any, Any, Any]:
+    """The frozen SEED tokenizer that makes codes, the vocabulary layout, the text tokenizer.
+
+    With a feature ``store`` its causal features must come from this tokenizer's frozen encoder.
+    """
     from seedfast.models.seed_llama import tiny_visual_vocab
     from seedfast.models.seed_llama_tokenizer import visual_vocab_from_tokenizer
     from seedfast.models.seed_tokenizer import SeedTokenizer
@@ -253,6 +257,8 @@ def _stage3_coding(cfg: RunConfig, dev: torch.device, dtype: torch.dtype) -> tup
     else:
         torch.manual_seed(cfg.train.seed)
         coder = SeedTokenizer(model_config("tokenizer", cfg.tokenizer))
+    if store is not None:  # before the cast, which would change the fingerprinted bytes
+        _check_features(cfg, store, coder)
     coder = coder.eval().requires_grad_(False).to(dev, dtype)
     text = load_text_tokenizer(cfg.data.text_tokenizer)
     if isinstance(text, HFTextTokenizer):

@@ -24,10 +24,11 @@ def test_stage_tables_are_valid_training_configs(name, tmp_path):
         cfg = build_config(stage, [config.stage_tables(stage, seed=3, init=tmp_path, tokenizer=tmp_path)])
         assert cfg.data.max_objects == config.max_objects and cfg.train.seed == 3 and not cfg.lora.enabled
         assert cfg.optim.total_steps == {1: config.stage1, 2: config.stage2, 3: config.stage3}[stage].steps
-        # Only stage 2 reads a pool of pre-encoded images; the others draw fresh ones.
+        # Stage 2 encodes a pool of images once (stage 3 then reads the same folder); stage 1 draws fresh ones.
         pooled = stage == 2 and config.stage2_pool > 0
         assert (cfg.data.train_size == config.stage2_pool) if pooled else cfg.data.train_size >= 10 ** 6
     assert config.max_objects == 2 and config.stage2_pool > 0
+    assert 0 < config.detokenizer_code_steps < config.detokenizer.steps
     tokenizer = model_config("tokenizer", cfg.tokenizer)
     assert tokenizer.codebook_size == 64 and tokenizer.generation_embed_dim == config.detokenizer_model.embed_dim
 
@@ -204,3 +205,83 @@ def test_stage3_rows_hold_every_caption_whole():
     config = DemoConfig.full()
     assert longest == 12 and config.seq_len == 1 + longest + 34 + 1
     assert config.tokenizer["max_text_positions"] >= 1 + longest
+
+
+def test_detokenizer_code_steps_must_fit_its_steps():
+    import dataclasses
+
+    with pytest.raises(ValueError, match=r"detokenizer_code_steps must be in \[0, detokenizer.steps=8\], got 9"):
+        dataclasses.replace(DemoConfig.quick(), detokenizer_code_steps=9)
+
+
+def _detokenizer_config(code_steps: int) -> DemoConfig:
+    import dataclasses
+
+    quick = DemoConfig.quick()
+    return dataclasses.replace(quick, normaliser_samples=16, detokenizer_code_steps=code_steps,
+                               detokenizer=dataclasses.replace(quick.detokenizer, steps=3, batch=2))
+
+
+def test_detokenizer_conditions_its_last_steps_on_the_tokenizers_embeddings(tmp_path):
+    """Exact targets first; then, once the stage-2 tokenizer is handed over, what that
+    tokenizer predicts from each image's codes, for images past the stage-2 pool."""
+    from seedfast.demo.pipeline import _Cancelled, _DetokenizerJob
+    from seedfast.models.preprocess import clip_preprocess
+    from seedfast.models.seed_tokenizer import SeedTokenizer
+    from seedfast.train.config import model_config
+
+    config = _detokenizer_config(code_steps=2)
+    tokenizer = SeedTokenizer(model_config("tokenizer", build_config(2, [config.stage_tables(2, seed=0)]).tokenizer))
+    tokenizer.save(tmp_path / "tok")
+    asked = []
+    job = _DetokenizerJob(config, 0, False, lambda: asked.append(1) or tmp_path / "tok")
+    batches = job._batches()
+    condition, images = next(batches)
+    exact = job.data.batch(range(2))
+    torch.testing.assert_close(images, exact.images.float() / 255)
+    torch.testing.assert_close(condition, job.normaliser(job._targets(exact.images)))
+    assert not asked  # the exact-target steps do not wait for the tokenizer
+    for k in range(2):
+        condition, images = next(batches)
+        batch = job.data.batch(range(config.stage2_pool + 2 * k, config.stage2_pool + 2 * k + 2))
+        torch.testing.assert_close(images, batch.images.float() / 255)
+        with torch.no_grad():
+            codes = tokenizer.encode(clip_preprocess(batch.images, size=config.image_size))
+            predicted = tokenizer.generation_embedding(codes)
+        torch.testing.assert_close(condition, job.normaliser(predicted))
+        assert not torch.allclose(condition, job.normaliser(job._targets(batch.images)), atol=0.1)
+    assert next(batches, None) is None and asked == [1]
+    never = _DetokenizerJob(config, 0, False, lambda: None)._batches()
+    next(never)
+    with pytest.raises(_Cancelled, match="the tokenizer stages did not finish"):
+        next(never)
+
+
+def test_detokenizer_process_trains_saves_and_can_be_cancelled(tmp_path):
+    from seedfast.demo.models import NormalisedDetokenizer
+    from seedfast.demo.pipeline import DemoError, _DetokenizerJob, _DetokenizerTraining
+
+    config = _detokenizer_config(code_steps=0)
+    training = _DetokenizerTraining(config, 0, False, tmp_path / "detok")
+    training.start()
+    detokenizer, summary = training.join()
+    assert summary.steps == 3 and len(summary.losses) == 3 and not training.process.is_alive()
+    # The child's run is the seeded job's, step for step, whichever process trains it (on one
+    # intra-op thread, as the child).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        job = _DetokenizerJob(config, 0, False, lambda: None)
+        assert summary.losses == tuple(job.run())
+    finally:
+        torch.set_num_threads(threads)
+    saved = detokenizer.detokenizer.unet.state_dict()
+    for name, value in job.model.unet.state_dict().items():
+        torch.testing.assert_close(saved[name], value, rtol=0, atol=0, msg=name)
+    assert isinstance(NormalisedDetokenizer.load(tmp_path / "detok"), NormalisedDetokenizer)
+    waiting = _DetokenizerTraining(_detokenizer_config(code_steps=2), 0, False, tmp_path / "never")
+    waiting.start()
+    waiting.cancel()
+    with pytest.raises(DemoError, match="de-tokenizer's training was cancelled:\nthe tokenizer stages did not finish"):
+        waiting.join()
+    assert not (tmp_path / "never").exists()

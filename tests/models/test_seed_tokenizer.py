@@ -286,6 +286,25 @@ def test_encode_pixels_preprocesses():
     assert torch.equal(model.encode_pixels(floats), codes)
 
 
+def test_encode_causal_quantises_cached_embeddings():
+    model = tiny()
+    images = images_for(model.config, batch=3)
+    causal = model.causal_embeddings(images)
+    codes = model.encode(images)
+    assert len(codes.unique()) > 1, "degenerate test: every query got the same code"
+    assert torch.equal(model.encode_causal(causal), codes)
+    assert torch.equal(model.encode_causal(causal.double()), codes)  # cast to the weights' dtype
+    h = model.config.qformer_hidden
+    with pytest.raises(ValueError, match=rf"causal must have shape \[B >= 1, 32, {h}\], got \(3, 31, {h}\)"):
+        model.encode_causal(causal[:, :31])
+    with pytest.raises(ValueError, match="causal must have shape"):
+        model.encode_causal(causal[:0])
+    with pytest.raises(TypeError, match="causal must be a floating tensor, got torch.int64"):
+        model.encode_causal(codes[..., None].expand(-1, -1, h))
+    with pytest.raises(ValueError, match="causal is on meta, the model on cpu"):
+        model.encode_causal(torch.empty(3, 32, h, device="meta"))
+
+
 def test_bad_images():
     model = tiny()
     s = model.config.image_size

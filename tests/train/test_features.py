@@ -1,4 +1,4 @@
-"""Precomputed frozen-encoder features train stages 1–2 exactly as the online path does."""
+"""Precomputed frozen-encoder features train stages 1–3 exactly as the online path does."""
 import numpy as np
 import pytest
 import torch
@@ -11,7 +11,7 @@ from seedfast.train.config import ConfigError
 from seedfast.train.features import FeatureStore, precompute
 from seedfast.train.loop import train
 
-from .helpers import max_diff, tiny, weights
+from .helpers import max_diff, steps_of, tiny, weights
 
 # 80 samples: epochs wrap within a few steps. eps = 1 keeps AdamW's update linear in the gradient,
 # so the comparison sees the features' agreement, not rounding amplified where v ≈ 0 (the ViT
@@ -53,13 +53,35 @@ def test_stage2_from_causal_features_equals_online(stage1, tmp_path):
     assert max_diff(weights(tmp_path / "online", 3), weights(tmp_path / "cached", 3)) < 1e-6
 
 
+def test_stage3_codes_from_causal_features_equal_online(stage1, tmp_path):
+    """Stage 3 quantises the pool's causal features: the same rows, so the same LLM weights, as
+    encoding the images; a pool of another encoder (stage 1's fresh Q-Former) is refused."""
+    init = f'train.init="{stage1 / "s1" / "final"}"'
+    precompute(tiny(2, *SMALL, init), tmp_path / "causal", device="cpu", progress=False)
+    result = train(tiny(2, *SMALL, init), tmp_path / "s2", steps=2, device="cpu", progress=False)
+    coder = f'data.tokenizer="{result.final}"'
+    # Every row in both directions, captions and codes, so a wrong code changes the loss.
+    common = (*SMALL, coder, "data.image_size=32", "data.seq_len=48", "train.global_batch=8")
+    train(tiny(3, *common), tmp_path / "online", steps=3, device="cpu", progress=False)
+    train(tiny(3, *common, f'data.features="{tmp_path / "causal"}"'), tmp_path / "cached", steps=3,
+          device="cpu", progress=False)
+    online, cached = steps_of(tmp_path / "online"), steps_of(tmp_path / "cached")
+    assert [r["loss"] for r in online] == [r["loss"] for r in cached]
+    assert max_diff(weights(tmp_path / "online", 3), weights(tmp_path / "cached", 3)) == 0
+    # Stage 1's causal features (its Q-Former before stage 1 trained it) do not fit stage 2's tokenizer.
+    precompute(tiny(2, *SMALL), tmp_path / "other", device="cpu", progress=False)
+    with pytest.raises(ConfigError, match="computed by other frozen weights"):
+        train(tiny(3, *common, f'data.features="{tmp_path / "other"}"'), tmp_path / "x", steps=1, device="cpu",
+              progress=False)
+
+
 def test_features_that_do_not_fit_the_run_are_refused(stage1):
     where = f'data.features="{stage1 / "vit"}"'
     with pytest.raises(ConfigError, match="computed by other frozen weights"):
         train(tiny(1, *SMALL, where, "train.seed=1"), stage1 / "x", steps=1, device="cpu", progress=False)
     with pytest.raises(ConfigError, match="holds no stage-2 targets; precompute with --stage 2"):
         train(tiny(2, *SMALL, where), stage1 / "y", steps=1, device="cpu", progress=False)
-    with pytest.raises(ConfigError, match="stage 3 reads images"):
+    with pytest.raises(ConfigError, match="holds ViT features; stage 3 makes codes from causal"):
         train(tiny(3, where), stage1 / "z", steps=1, device="cpu", progress=False)
 
 
