@@ -3,4 +3,6 @@ import sys
 
 from seedfast.cli import main
 
-sys.exit(main())
+# Guarded: a process that ``seedfast demo`` spawns imports this module as ``__mp_main__``.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -74,6 +74,22 @@ def test_help_lists_subcommands():
         assert sub in out.stdout
 
 
+def test_module_entry_point_runs_only_as_main(monkeypatch):
+    """A process that ``seedfast demo`` spawns imports ``__main__`` as ``__mp_main__``: that
+    import must not run the command line again (it would start a second demo)."""
+    import runpy
+
+    import seedfast.cli
+
+    calls = []
+    monkeypatch.setattr(seedfast.cli, "main", lambda *a: calls.append(a) or 0)
+    runpy.run_module("seedfast.__main__", run_name="__mp_main__")
+    assert calls == []
+    with pytest.raises(SystemExit):
+        runpy.run_module("seedfast.__main__", run_name="__main__")
+    assert calls == [()]
+
+
 def test_env_reports_versions_and_gpu(capsys):
     assert main(["env"]) == 0
     out = capsys.readouterr().out
