@@ -120,7 +120,7 @@ def run_demo(config: DemoConfig, out: str | Path, *, seed: int = 0, progress: bo
     Raises
     ------
     DemoError
-        ``out`` cannot be used.
+        ``out`` cannot be used, or the de-tokenizer's process failed.
     KeyboardInterrupt
         A stage was stopped by SIGINT / SIGTERM.
     """
@@ -267,22 +267,41 @@ class _DetokenizerJob:
                                        seed=self.seed, progress=self.progress)
 
 
-def _detokenizer_child(config: DemoConfig, seed: int, progress: bool, folder: str, tokenizers: Any,
-                       results: Any) -> None:
-    """The child process: train, save to ``folder``, report ``(status, payload)`` on ``results``."""
+RESULT_FILE = "result.json"
+"""What the de-tokenizer's process writes into its folder when it has trained and saved the model."""
+CONFIG_FILE = "config.pickle"
+"""The :class:`DemoConfig` the parent hands to the de-tokenizer's process."""
+CANCELLED_EXIT = 3
+"""The de-tokenizer's process's exit code when the tokenizer it waited for never came."""
+
+
+def detokenizer_worker(folder: Path, seed: int, progress: bool) -> int:
+    """The de-tokenizer's process (``python -m seedfast.demo.detokenizer_worker``): train as
+    ``folder/config.pickle`` says, reading the stage-2 tokenizer's folder as a line on stdin
+    (end of input: it never comes), save the model and ``result.json`` into ``folder``.
+
+    Returns the exit code: 0, or :data:`CANCELLED_EXIT`; other failures raise.
+    """
+    import pickle
+
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    try:
-        job = _DetokenizerJob(config, seed, progress, tokenizers.get)
-        losses = job.run()
-        NormalisedDetokenizer(job.model, job.normaliser).save(folder)
-        results.put(("done", {"losses": losses, "seconds": time.perf_counter() - t0, "waited": job.waited}))
-    except _Cancelled as err:
-        results.put(("cancelled", str(err)))
-    except BaseException:  # reported to the parent, which raises it there
-        import traceback
+    config = pickle.loads((folder / CONFIG_FILE).read_bytes())
 
-        results.put(("error", traceback.format_exc()))
+    def next_tokenizer() -> str | None:
+        line = sys.stdin.readline().strip()
+        return line or None
+
+    job = _DetokenizerJob(config, seed, progress, next_tokenizer)
+    try:
+        losses = job.run()
+    except _Cancelled as err:
+        print(f"de-tokenizer: {err}", file=sys.stderr)
+        return CANCELLED_EXIT
+    NormalisedDetokenizer(job.model, job.normaliser).save(folder)
+    result = {"losses": losses, "seconds": time.perf_counter() - t0, "waited": job.waited}
+    (folder / RESULT_FILE).write_text(json.dumps(result), encoding="utf-8")
+    return 0
 
 
 class _DetokenizerTraining:
@@ -291,38 +310,67 @@ class _DetokenizerTraining:
     A process, not a thread: the two trainings are many small ops each, and in one process
     they queue for the interpreter lock (measured at seed 0, idle: a stage-3 step took 137 ms
     beside a de-tokenizer thread, 130 ms beside this process; stage 1 156 → 146 s, stage 2
-    369 → 346 s, the whole run 932 → 879 s). The child computes with one intra-op thread and seeds
-    its own generators, so a seed gives the same run. It writes the trained de-tokenizer and
-    its normaliser to ``folder``.
+    369 → 346 s, the whole run 932 → 879 s). A fresh interpreter
+    (``python -m seedfast.demo.detokenizer_worker``), not :mod:`multiprocessing`: a spawned
+    child would import and re-run the caller's main script. The child computes with one
+    intra-op thread and seeds its own generators, so a seed gives the same run; its error
+    output is the parent's. It writes the trained de-tokenizer and its normaliser to ``folder``.
     """
 
     def __init__(self, config: DemoConfig, seed: int, progress: bool, folder: Path) -> None:
-        import multiprocessing
-
-        # Spawned, not forked: a fork of a process that has run torch's thread pools can hang.
-        context = multiprocessing.get_context("spawn")
-        self.config, self.folder = config, folder
-        self._tokenizers, self._results = context.Queue(), context.Queue()
-        self.process = context.Process(target=_detokenizer_child, name="seedfast-detokenizer", daemon=True,
-                                       args=(config, seed, progress, str(folder), self._tokenizers, self._results))
+        self.config, self.seed, self.progress, self.folder = config, seed, progress, folder
+        self.process: Any = None
 
     def start(self) -> None:
+        import os
+        import pickle
+        import subprocess
+
+        import seedfast
+
         s = self.config.detokenizer
         _say(f"de-tokenizer (pixel diffusion): {s.steps} steps of {s.batch} in a second process, the last "
              f"{self.config.detokenizer_code_steps} on the stage-2 tokenizer's embeddings of image codes")
-        self.process.start()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / CONFIG_FILE).write_bytes(pickle.dumps(self.config))
+        # The child imports the seedfast this process runs, wherever it came from.
+        root = str(Path(seedfast.__file__).resolve().parents[1])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        command = [sys.executable, "-m", "seedfast.demo.detokenizer_worker", str(self.folder), str(self.seed),
+                   "--progress" if self.progress else "--no-progress"]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, text=True, env=env)
+
+    def check(self) -> None:
+        """Raise at once, not after stage 3, if the child has already failed.
+
+        Raises
+        ------
+        DemoError
+            The child ended with a non-zero exit code.
+        """
+        code = self.process.poll()
+        if code not in (None, 0):
+            raise DemoError(f"the de-tokenizer process ended early (exit code {code}; its error is printed above)")
 
     def provide_tokenizer(self, folder: Path) -> None:
         """The stage-2 tokenizer is saved in ``folder``: the code-conditioned steps may start."""
-        self._tokenizers.put(str(folder))
+        self.check()
+        self.process.stdin.write(f"{folder}\n")
+        self.process.stdin.flush()
 
     def cancel(self) -> None:
         """The tokenizer stages failed or were stopped: end the child (it may be mid-training)."""
-        self._tokenizers.put(None)
-        self.process.join(timeout=5)
-        if self.process.is_alive():
+        import subprocess
+
+        try:
+            self.process.stdin.close()  # end of input: the tokenizer never comes
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             self.process.terminate()
-            self.process.join()
+            self.process.wait()
 
     def join(self) -> tuple[NormalisedDetokenizer, StageSummary]:
         """Wait for the child; its de-tokenizer and summary.
@@ -330,27 +378,19 @@ class _DetokenizerTraining:
         Raises
         ------
         DemoError
-            The child failed (its traceback in the message) or ended without a result.
+            The child failed (its error is printed above) or was cancelled.
         """
-        import queue
-
-        while True:
-            try:
-                status, payload = self._results.get(timeout=1.0)
-                break
-            except queue.Empty:
-                if not self.process.is_alive():
-                    raise DemoError(f"the de-tokenizer process ended (exit code {self.process.exitcode}) "
-                                    "without a result") from None
-        self.process.join()
-        if status != "done":
-            raise DemoError(f"the de-tokenizer's training {'was cancelled' if status == 'cancelled' else 'failed'}:"
-                            f"\n{payload}")
-        losses, seconds = payload["losses"], payload["seconds"]
+        code = self.process.wait()
+        if code == CANCELLED_EXIT:
+            raise DemoError("the de-tokenizer's training was cancelled: the tokenizer stages did not finish")
+        if code != 0 or not (self.folder / RESULT_FILE).is_file():
+            raise DemoError(f"the de-tokenizer process failed (exit code {code}; its error is printed above)")
+        result = json.loads((self.folder / RESULT_FILE).read_text(encoding="utf-8"))
+        losses, seconds = result["losses"], result["seconds"]
         tail = losses[-50:]
         end = f"loss {sum(tail) / len(tail):.4f} (mean of the last {len(tail)} steps)"
         if self.config.detokenizer_code_steps:
-            end += f"; waited {payload['waited']:.0f} s for the tokenizer"
+            end += f"; waited {result['waited']:.0f} s for the tokenizer"
         _say(f"de-tokenizer: done in {seconds:.0f} s; {end}")
         summary = StageSummary("de-tokenizer (pixel diffusion on target, then code, embeddings)",
                                self.config.detokenizer.steps, seconds, end, losses=tuple(losses))
@@ -375,6 +415,7 @@ def _train_all(config: DemoConfig, out: Path, seed: int, progress: bool) -> tupl
     pool = runs / "stage2-features" if config.stage2_pool else None
     try:
         stage1, s1 = _train_stage(config, 1, runs / "stage1", seed, progress, init=init)
+        detok.check()
         stage2, s2 = _train_stage(config, 2, runs / "stage2", seed, progress, init=stage1, features=pool)
         detok.provide_tokenizer(stage2)
         stage3, s3 = _train_stage(config, 3, runs / "stage3", seed, progress, tokenizer=stage2, features=pool)
@@ -384,7 +425,7 @@ def _train_all(config: DemoConfig, out: Path, seed: int, progress: bool) -> tupl
     finally:
         if pool is not None:  # only the stages' input (~11 KB an image); the run folders keep the weights
             shutil.rmtree(pool, ignore_errors=True)
-    if detok.process.is_alive():
+    if detok.process.poll() is None:
         _say("waiting for the de-tokenizer to finish")
     detokenizer, sd = detok.join()
     manifest = Manifest(image_size=config.image_size, max_objects=config.max_objects,

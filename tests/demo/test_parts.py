@@ -258,14 +258,19 @@ def test_detokenizer_conditions_its_last_steps_on_the_tokenizers_embeddings(tmp_
 
 
 def test_detokenizer_process_trains_saves_and_can_be_cancelled(tmp_path):
+    import subprocess
+    import sys
+
     from seedfast.demo.models import NormalisedDetokenizer
-    from seedfast.demo.pipeline import DemoError, _DetokenizerJob, _DetokenizerTraining
+    import dataclasses
+
+    from seedfast.demo.pipeline import CANCELLED_EXIT, RESULT_FILE, DemoError, _DetokenizerJob, _DetokenizerTraining
 
     config = _detokenizer_config(code_steps=0)
     training = _DetokenizerTraining(config, 0, False, tmp_path / "detok")
     training.start()
     detokenizer, summary = training.join()
-    assert summary.steps == 3 and len(summary.losses) == 3 and not training.process.is_alive()
+    assert summary.steps == 3 and len(summary.losses) == 3 and training.process.poll() == 0
     # The child's run is the seeded job's, step for step, whichever process trains it (on one
     # intra-op thread, as the child).
     threads = torch.get_num_threads()
@@ -279,9 +284,43 @@ def test_detokenizer_process_trains_saves_and_can_be_cancelled(tmp_path):
     for name, value in job.model.unet.state_dict().items():
         torch.testing.assert_close(saved[name], value, rtol=0, atol=0, msg=name)
     assert isinstance(NormalisedDetokenizer.load(tmp_path / "detok"), NormalisedDetokenizer)
+    # End of input while it waits for the tokenizer: the child ends itself, as cancelled.
     waiting = _DetokenizerTraining(_detokenizer_config(code_steps=2), 0, False, tmp_path / "never")
     waiting.start()
-    waiting.cancel()
-    with pytest.raises(DemoError, match="de-tokenizer's training was cancelled:\nthe tokenizer stages did not finish"):
+    waiting.process.stdin.close()
+    assert waiting.process.wait(timeout=300) == CANCELLED_EXIT
+    with pytest.raises(DemoError, match="de-tokenizer's training was cancelled: the tokenizer stages did not finish"):
         waiting.join()
-    assert not (tmp_path / "never").exists()
+    assert not (tmp_path / "never" / RESULT_FILE).exists()
+    # cancel() does not wait for a child still busy with its first steps: it ends it.
+    busy = _DetokenizerTraining(dataclasses.replace(config, detokenizer=dataclasses.replace(
+        config.detokenizer, steps=10_000)), 0, False, tmp_path / "busy")
+    busy.start()
+    busy.cancel()
+    assert busy.process.poll() not in (None, 0)
+    with pytest.raises(DemoError):
+        busy.join()
+    # A child that already failed is reported at the next stage boundary, not after stage 3.
+    failed = _DetokenizerTraining(config, 0, False, tmp_path / "failed")
+    failed.process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"], stdin=subprocess.PIPE, text=True)
+    failed.process.wait()
+    with pytest.raises(DemoError, match=r"de-tokenizer process ended early \(exit code 1; its error is printed above"):
+        failed.check()
+    with pytest.raises(DemoError, match="ended early"):
+        failed.provide_tokenizer(tmp_path)
+
+
+def test_run_demo_from_a_script_without_a_main_guard(tmp_path):
+    """The de-tokenizer's process is a fresh interpreter: it never imports and re-runs the
+    caller's script (a spawned multiprocessing child would)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text("from seedfast.demo.config import DemoConfig\n"
+                      "from seedfast.demo.pipeline import run_demo\n"
+                      f"print('RAN', run_demo(DemoConfig.quick(), {str(tmp_path / 'out')!r}, progress=False).out)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("RAN") == 1
+    assert (tmp_path / "out" / "metrics.json").is_file()
