@@ -22,9 +22,9 @@ Why these choices (measured on the 2-core machine, held-out split):
   on the two-object mix, seed 0, reconstruction went 0.775 → 0.872 against 1200 steps on fresh
   images, and a step fell from ~90 ms to ~70 ms without the frozen ViT and Q-Former;
 * stage 3 on rows of 48 ids (``seq_len``, no padding beyond the longest caption), with its codes
-  quantised from the stage-2 pool's causal features instead of encoding images (a step 148 →
-  114 ms), at 2600 steps: on seed 0's tokenizer, 1800 → 2400 steps took captions 0.834 → 0.859
-  and text→image on two-object scenes (relation counted) 0.695 → 0.752;
+  quantised from the stage-2 pool's causal features instead of encoding images (in the demo
+  a step 148 → 137 ms), at 2600 steps: on seed 0's tokenizer, 1800 → 2400 steps took captions
+  0.834 → 0.859 and text→image on two-object scenes (relation counted) 0.695 → 0.752;
 * a de-tokenizer with a condition map (``map_channels=4``, ``map_size=16``: the embedding also
   enters as a learned 4 × 16 × 16 layout beside the pixels, see
   :class:`~seedfast.models.pixel_detokenizer.PixelDetokenizerConfig`): one-object scenes,
@@ -149,7 +149,8 @@ class DemoConfig:
 
     @classmethod
     def full(cls) -> DemoConfig:
-        """The README's demo: one- and two-object scenes, at most 15 minutes on 2 idle CPU cores (879 s measured at seed 0)."""
+        """The README's demo: one- and two-object scenes, at most 15 minutes on 2 idle CPU cores
+        (879 and 891 s measured at seed 0)."""
         return cls(
             name="full", image_size=32, max_objects=2, eval_size=256, show=16, stage2_pool=76_800,
             stage1=StageSettings(steps=1200, batch=64, lr=2e-3, warmup=20),
