@@ -28,8 +28,8 @@ Why these choices (measured on the 2-core machine, held-out split):
 * a de-tokenizer with a condition map (``map_channels=4``, ``map_size=16``: the embedding also
   enters as a learned 4 × 16 × 16 layout beside the pixels, see
   :class:`~seedfast.models.pixel_detokenizer.PixelDetokenizerConfig`): one-object scenes,
-  reconstruction 0.910 → 0.972 and text→image 0.911 → 0.973 at seed 0; from exact target
-  embeddings it draws 0.995 of the two-object mix's attributes;
+  reconstruction 0.910 → 0.972 and text→image 0.911 → 0.973 at seed 0; trained on exact target
+  embeddings only, it drew 0.995 of the two-object mix's attributes from them;
 * its last 800 of 2400 steps conditioned on what the stage-2 tokenizer predicts from the codes
   (``detokenizer_code_steps``), the embeddings it is given at inference: on the second core,
   which otherwise idles once the de-tokenizer is done (seed 0: reconstruction 0.872 → 0.882).
@@ -150,7 +150,7 @@ class DemoConfig:
     @classmethod
     def full(cls) -> DemoConfig:
         """The README's demo: one- and two-object scenes, at most 15 minutes on 2 idle CPU cores
-        (879 and 891 s measured at seed 0)."""
+        (811 s measured at seed 0)."""
         return cls(
             name="full", image_size=32, max_objects=2, eval_size=256, show=16, stage2_pool=76_800,
             stage1=StageSettings(steps=1200, batch=64, lr=2e-3, warmup=20),

@@ -129,8 +129,8 @@ def run_demo(config: DemoConfig, out: str | Path, *, seed: int = 0, progress: bo
     prepare_output(out)
     threads = torch.get_num_threads()
     # One intra-op thread while the de-tokenizer's process trains on the other core; every
-    # thread for the evaluation, which starts once that process has ended (seed 0, idle:
-    # 54 s with one thread, 28 s with two, the same metrics).
+    # thread for the evaluation, which starts once that process has ended (seed 0, idle demo:
+    # about 47 s with one thread, 28 s with two, the same metrics).
     torch.set_num_threads(1)
     try:
         stages, models = _train_all(config, out, seed, progress)

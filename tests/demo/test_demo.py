@@ -42,11 +42,30 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, str]:
     """The output folder of one ``seedfast demo --quick`` run, and what it printed."""
+    from seedfast.demo import pipeline
+
     out = tmp_path_factory.mktemp("demo") / "seedfast-demo"
     before = torch.get_num_threads()
-    code, stdout, stderr = run_cli(["demo", "--quick", "--out", str(out), "--no-progress"])
-    assert torch.get_num_threads() == before
+    # Two threads, so that "the caller's count" and "one" differ even on a one-core machine.
+    torch.set_num_threads(2)
+    seen: dict[str, int] = {}
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            seen[name] = torch.get_num_threads()
+            return fn(*args, **kwargs)
+        return wrapped
+
+    try:
+        with mock.patch.object(pipeline, "_train_all", spy("train", pipeline._train_all)), \
+                mock.patch.object(pipeline, "evaluate", spy("evaluate", pipeline.evaluate)):
+            code, stdout, stderr = run_cli(["demo", "--quick", "--out", str(out), "--no-progress"])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     assert code == 0, stderr
+    # One thread beside the de-tokenizer's process, every thread for the evaluation after it.
+    assert seen == {"train": 1, "evaluate": 2}
     return out, stdout
 
 
