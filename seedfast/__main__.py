@@ -3,6 +3,7 @@ import sys
 
 from seedfast.cli import main
 
-# Guarded: a process that ``seedfast demo`` spawns imports this module as ``__mp_main__``.
+# Guarded: a multiprocessing child spawned from ``python -m seedfast`` imports this module as
+# ``__mp_main__``, and must not run the command line again.
 if __name__ == "__main__":
     sys.exit(main())

@@ -75,8 +75,8 @@ def test_help_lists_subcommands():
 
 
 def test_module_entry_point_runs_only_as_main(monkeypatch):
-    """A process that ``seedfast demo`` spawns imports ``__main__`` as ``__mp_main__``: that
-    import must not run the command line again (it would start a second demo)."""
+    """A multiprocessing child spawned from ``python -m seedfast`` imports ``__main__`` as
+    ``__mp_main__``: that import must not run the command line again."""
     import runpy
 
     import seedfast.cli

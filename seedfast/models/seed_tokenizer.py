@@ -251,8 +251,14 @@ class SeedTokenizer(nn.Module):
         ----------
         causal : Tensor ``[B, 32, qformer_hidden]``, floating, B >= 1, on the model's device
 
-        Returns the ``[B, 32]`` int64 codes; raises TypeError / ValueError for anything else than
-        a floating tensor of that shape on the model's device.
+        Returns
+        -------
+        Tensor ``[B, 32]``, int64, in ``[0, codebook_size)``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Not a floating tensor of that shape on the model's device.
         """
         if not isinstance(causal, torch.Tensor) or not causal.is_floating_point():
             raise TypeError(f"encode_causal: causal must be a floating tensor, got "

@@ -258,12 +258,11 @@ def test_detokenizer_conditions_its_last_steps_on_the_tokenizers_embeddings(tmp_
 
 
 def test_detokenizer_process_trains_saves_and_can_be_cancelled(tmp_path):
+    import dataclasses
     import subprocess
     import sys
 
     from seedfast.demo.models import NormalisedDetokenizer
-    import dataclasses
-
     from seedfast.demo.pipeline import CANCELLED_EXIT, RESULT_FILE, DemoError, _DetokenizerJob, _DetokenizerTraining
 
     config = _detokenizer_config(code_steps=0)
