@@ -39,6 +39,8 @@ from seedfast.data.scene import (
     Scene,
     make_caption,
     parse_caption,
+    reading_order,
+    reading_order_caption,
 )
 
 __all__ = [
@@ -75,6 +77,8 @@ __all__ = [
     "parse_caption",
     "read_scene",
     "read_scenes",
+    "reading_order",
+    "reading_order_caption",
     "render_layouts",
     "sample_layout",
 ]

@@ -13,6 +13,10 @@ leaves text)::
 In a two-object caption the first object is ``scene.objects[0]``; the relation fixes both
 positions (``above``: the first is at the top, the second at the bottom). :func:`make_caption`
 and :func:`parse_caption` are exact inverses over every scene of this grammar.
+
+A two-object image therefore has two right captions ("a red circle above a blue square" and
+"a blue square below a red circle"). :func:`reading_order_caption` picks one of them, the one
+that names the top or left object first.
 """
 from __future__ import annotations
 
@@ -135,6 +139,31 @@ def parse_caption(text: str) -> Scene | None:
         first = ObjectAttributes(shape1, colour1, size1, position1)
         return Scene((first, ObjectAttributes(shape2, colour2, size2, position2)))
     return None
+
+
+_READING_RANK = {"top": 0, "left": 0, "middle": 0, "bottom": 1, "right": 1}
+
+
+def reading_order(scene: Scene) -> Scene:
+    """``scene`` with its objects as they are read: top before bottom, left before right.
+
+    One-object scenes, and scenes of objects at equal rank (no caption describes them), come back as given.
+    """
+    return Scene(tuple(sorted(scene.objects, key=lambda obj: _READING_RANK[obj.position])))
+
+
+def reading_order_caption(text: str) -> str:
+    """The caption of ``text``'s scene that names the top or left object first, or ``text`` as given.
+
+    Of the two captions of a two-object scene it keeps the one with ``above`` or ``to the left
+    of``; a one-object caption, and any text that is not a caption of the grammar (see
+    :func:`parse_caption`), comes back unchanged. Stage 3 of ``seedfast demo`` teaches its
+    captioner this one caption per image (``data.caption_order = "reading"``).
+    """
+    scene = parse_caption(text)
+    if scene is None or len(scene.objects) < 2:
+        return text
+    return make_caption(reading_order(scene))
 
 
 def _describe(obj: ObjectAttributes) -> str:

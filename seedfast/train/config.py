@@ -76,6 +76,13 @@ class DataConfig:
         Stage 3: sequence length (the caption pipe's 200).
     caption_first_p : float
         Stage 3: probability that the caption comes before the image (spec §11.5: 0.5).
+    caption_order : str
+        Stage 3, rows with the image first (captioning): ``"given"`` keeps each caption as the
+        source gives it (spec §11.5); ``"reading"`` restates a caption of the procedural grammar
+        in reading order, top or left object first
+        (:func:`seedfast.data.reading_order_caption`), so that a two-object image has one right
+        caption instead of two. Rows with the caption first (text→image) keep it as given, so
+        either order still prompts an image; text outside the grammar is always kept as given.
     target : str
         Stage 2's target embedding: ``"stand-in"`` or ``"stand-in:G"`` (a fixed random
         projection of pixels pooled to ``G × G``, default 8,
@@ -99,6 +106,7 @@ class DataConfig:
     max_words: int = 50
     seq_len: int = 200
     caption_first_p: float = 0.5
+    caption_order: str = "given"
     target: str = "stand-in"
     tokenizer: str = ""
 
@@ -226,7 +234,10 @@ class RunConfig:
         return json.dumps(self.flat(), indent=1, sort_keys=True)
 
 
+CAPTION_ORDERS = ("given", "reading")
+"""Values of ``data.caption_order``."""
 SECTIONS = ("tokenizer", "llm", "data", "optim", "train", "lora")
+SECTION_CLASSES = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig, "lora": LoraConfig}
 RESUMABLE_CHANGES = frozenset({
     "train.micro_batch", "train.compile", "train.activation_checkpointing", "train.ckpt_every",
     "train.keep_last", "train.peak_tflops", "data.features",
@@ -269,12 +280,19 @@ def _jsonable(value: Any) -> Any:
 
 def differing_fields(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Settings that differ between two :meth:`RunConfig.flat` dicts, except :data:`RESUMABLE_CHANGES`,
-    each as ``"key: saved → current"``."""
+    each as ``"key: saved → current"``.
+
+    A ``data``/``optim``/``train``/``lora`` key that ``saved`` lacks counts as its field's
+    default: the setting was added after that checkpoint was written, and its default is what
+    the code did before it existed.
+    """
+    added = {f"{name}.{f.name}": _jsonable(f.default) for name, section in SECTION_CLASSES.items()
+             for f in dataclasses.fields(section) if f.default is not dataclasses.MISSING}
     out = []
     for key in sorted(set(saved) | set(current)):
         if key in RESUMABLE_CHANGES:
             continue
-        a, b = saved.get(key, "<unset>"), current.get(key, "<unset>")
+        a, b = saved.get(key, added.get(key, "<unset>")), current.get(key, "<unset>")
         if a != b:
             out.append(f"{key}: {a!r} → {b!r}")
     return out

@@ -26,21 +26,19 @@ from typing import Any
 
 from seedfast._checks import is_int
 from seedfast.train.config import (
+    CAPTION_ORDERS,
+    SECTION_CLASSES,
     SECTIONS,
     STAGE_DEFAULTS,
     STAGES,
     ConfigError,
-    DataConfig,
-    LoraConfig,
     ModelSpec,
-    OptimConfig,
     RunConfig,
-    TrainConfig,
     model_config,
 )
 
-_SECTION_TYPES = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig, "lora": LoraConfig}
 _CHOICES = {
+    "data.caption_order": CAPTION_ORDERS,
     "optim.fused": ("auto", "on", "off"),
     "train.precision": ("auto", "bf16", "fp32"),
     "train.parallel": ("ddp", "fsdp"),
@@ -160,7 +158,7 @@ def _build(stage: int, merged: dict[str, dict[str, Any]]) -> RunConfig:
         stage=stage,
         tokenizer=_model_spec("tokenizer", merged["tokenizer"]),
         llm=_model_spec("llm", merged["llm"]),
-        **{name: _section(name, cls, merged[name]) for name, cls in _SECTION_TYPES.items()},
+        **{name: _section(name, cls, merged[name]) for name, cls in SECTION_CLASSES.items()},
     )
 
 

@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from seedfast.data import reading_order_caption
 from seedfast.models.preprocess import clip_preprocess
 from seedfast.visual_vocab import VisualVocab
+from seedfast.train.config import CAPTION_ORDERS
 from seedfast.train.data import RawBatch
 from seedfast.train.text import TextTokenizer, clean_caption, interleave, stage1_text
 
@@ -64,18 +66,25 @@ class InputBuilder:
         Stage 3.
     seq_len : int
     caption_first_p : float
+    caption_order : {"given", "reading"}
+        Stage 3: ``"reading"`` restates the captions of image-first rows in reading order
+        (see :class:`seedfast.train.config.DataConfig`).
     seed : int
     """
 
     def __init__(self, stage: int, device: torch.device, *, image_size: int, image_dtype: torch.dtype,
                  vit_tokens: int, text: TextTokenizer | None = None, text_length: int = 32, max_words: int = 50,
                  target: nn.Module | None = None, coder: nn.Module | None = None, vocab: VisualVocab | None = None,
-                 seq_len: int = 200, caption_first_p: float = 0.5, seed: int = 0) -> None:
+                 seq_len: int = 200, caption_first_p: float = 0.5, caption_order: str = "given",
+                 seed: int = 0) -> None:
+        if caption_order not in CAPTION_ORDERS:
+            raise ValueError(f"caption_order must be one of {CAPTION_ORDERS}, got {caption_order!r}")
         self.stage, self.device = stage, device
         self.image_size, self.image_dtype, self.vit_tokens = image_size, image_dtype, vit_tokens
         self.text, self.text_length, self.max_words = text, text_length, max_words
         self.target, self.coder, self.vocab = target, coder, vocab
         self.seq_len, self.caption_first_p, self.seed = seq_len, caption_first_p, seed
+        self.caption_order = caption_order
 
     def _images(self, raw: RawBatch) -> torch.Tensor:
         assert raw.images is not None
@@ -115,6 +124,8 @@ class InputBuilder:
                 codes = self.coder.encode(self._images(raw).to(self.image_dtype)).cpu()
         first = [bool(np.random.default_rng([self.seed, 3, int(i)]).random() < self.caption_first_p)
                  for i in raw.indices]
+        if self.caption_order == "reading":
+            captions = [c if f else reading_order_caption(c) for c, f in zip(captions, first)]
         seqs = interleave(captions, codes, first, self.text, self.vocab, self.seq_len)
         inputs = {"tokens": seqs.tokens.to(self.device), "lengths": seqs.lengths.to(self.device)}
         return MicroBatch(inputs, units=seqs.num_targets, samples=len(raw), tokens=int(seqs.lengths.sum()))

@@ -236,7 +236,8 @@ def _llm_parts(cfg: RunConfig, dev: torch.device, dtype: torch.dtype, store: Any
     builder = InputBuilder(3, dev, image_size=coder.config.image_size, image_dtype=dtype,
                            vit_tokens=coder.config.num_patches + 1, text=text, max_words=cfg.data.max_words,
                            coder=coder, vocab=vocab, seq_len=cfg.data.seq_len,
-                           caption_first_p=cfg.data.caption_first_p, seed=cfg.data.seed)
+                           caption_first_p=cfg.data.caption_first_p,
+                           caption_order=cfg.data.caption_order, seed=cfg.data.seed)
     flops = llm_step_flops(model_config("llm", cfg.llm), cfg.data.seq_len, lora=cfg.lora.enabled,
                            lora_r=cfg.lora.r)
     return model, LlmObjective(model), builder, flops, list(model.layers), []

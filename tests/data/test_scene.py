@@ -5,7 +5,8 @@ import itertools
 
 import pytest
 
-from seedfast.data import COLOURS, POSITIONS, SHAPES, SIZES, ObjectAttributes, Scene, make_caption, parse_caption
+from seedfast.data import (COLOURS, POSITIONS, SHAPES, SIZES, ObjectAttributes, Scene, make_caption, parse_caption,
+                           reading_order_caption)
 from seedfast.data.scene import RELATIONS
 
 
@@ -91,3 +92,30 @@ def test_object_attributes_reject_unknown_values(field, value):
     values[field] = value
     with pytest.raises(ValueError, match=f"{field} must be one of"):
         ObjectAttributes(**values)
+
+
+def test_reading_order_caption_picks_one_of_the_two_captions_of_a_scene():
+    assert (reading_order_caption("a large blue circle below a small red square")
+            == "a small red square above a large blue circle")
+    assert (reading_order_caption("a small red square to the right of a large green triangle")
+            == "a large green triangle to the left of a small red square")
+    restated = {}
+    for scene in _all_scenes():
+        caption = make_caption(scene)
+        out = reading_order_caption(caption)
+        if len(scene.objects) == 1:
+            assert out == caption
+            continue
+        # The same scene, objects matched as sets; the first named is at the top or on the left.
+        assert set(parse_caption(out).objects) == set(scene.objects)
+        assert parse_caption(out).objects[0].position in ("top", "left")
+        assert reading_order_caption(out) == out
+        restated.setdefault(out, set()).add(caption)
+    # Every two-object scene's two captions map to one: half the captions, each from two.
+    assert all(len(sources) == 2 for sources in restated.values())
+    assert len(restated) == 2 * (3 * 4 * 2) ** 2
+
+
+@pytest.mark.parametrize("text", ["a red circle", "", "a small red circle below a large blue square and more"])
+def test_reading_order_caption_keeps_text_outside_the_grammar(text):
+    assert reading_order_caption(text) == text

@@ -21,3 +21,14 @@ def test_differing_fields_ignore_how_but_not_what():
     b = build_config(2, [read_preset("tiny")], ["train.micro_batch=8", "train.ckpt_every=7", "optim.lr=0.1",
                                                 "tokenizer.qformer_dropout=0.1"]).flat()
     assert differing_fields(a, b) == ["optim.lr: 0.003 → 0.1", "tokenizer.qformer_dropout: 0.0 → 0.1"]
+
+
+def test_a_setting_added_after_a_checkpoint_counts_as_its_default():
+    current = build_config(3, [read_preset("tiny")]).flat()
+    older = {k: v for k, v in current.items() if k != "data.caption_order"}
+    assert differing_fields(older, current) == []
+    reading = build_config(3, [read_preset("tiny")], ["data.caption_order=reading"]).flat()
+    assert differing_fields(older, reading) == ["data.caption_order: 'given' → 'reading'"]
+    # A missing key with no default (a model override) still differs.
+    assert differing_fields({k: v for k, v in current.items() if k != "llm.preset"}, current) == [
+        "llm.preset: '<unset>' → 'tiny'"]

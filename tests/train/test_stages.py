@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from seedfast.data import reading_order_caption
 from seedfast.models.llama import Llama, LlamaConfig
 from seedfast.models.seed_llama import tiny_visual_vocab
 from seedfast.train import distributed as D
+from seedfast.train.config import ConfigError
+from seedfast.train.inputs import InputBuilder
 from seedfast.train.loop import train
 from seedfast.train.run import build_run
 from seedfast.train.stages import build_llm, merge_lora
@@ -99,6 +102,34 @@ def test_caption_side_is_a_per_sample_coin():
     assert 0.2 < float(image_first) < 0.8
     again = torch.cat([run.build_inputs(raw).inputs["tokens"] for raw in run.read(0)])
     assert torch.equal(tokens, again)
+
+
+def test_reading_caption_order_restates_only_the_captioning_rows():
+    given = build_run(tiny(3), D.setup("cpu"))
+    reading = build_run(tiny(3, "data.caption_order=reading"), D.setup("cpu"))
+    tok = WordTokenizer.procedural()
+    boi = tiny_visual_vocab().boi_id
+    changed = 0
+    for raw in given.read(0):
+        a, b = given.build_inputs(raw).inputs, reading.build_inputs(raw).inputs
+        for caption, row_a, row_b, n in zip(raw.captions, a["tokens"], b["tokens"], a["lengths"]):
+            n = int(n)
+            if row_a[1] != boi:  # caption first: text→image keeps the caption as given
+                assert torch.equal(row_a, row_b)
+                continue
+            words = tok.decode(row_b[1 + 34: n - 1].tolist())
+            assert words == reading_order_caption(caption)
+            assert torch.equal(row_a[:35], row_b[:35])
+            changed += words != caption
+    assert changed > 0  # the batch holds image-first two-object rows named bottom/right first
+
+
+def test_caption_order_is_checked():
+    with pytest.raises(ConfigError, match="data.caption_order"):
+        tiny(3, "data.caption_order=alphabetical")
+    with pytest.raises(ValueError, match="caption_order must be one of"):
+        InputBuilder(3, torch.device("cpu"), image_size=32, image_dtype=torch.float32, vit_tokens=65,
+                     caption_order="alphabetical")
 
 
 def test_lora_merge_reproduces_the_adapted_model():
